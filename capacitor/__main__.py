@@ -1,0 +1,3 @@
+from capacitor.cli.main import main
+
+raise SystemExit(main())

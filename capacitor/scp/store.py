@@ -1,0 +1,231 @@
+"""The Store SCP: receive C-STORE and C-ECHO, route, and spool durably.
+
+A C-STORE is answered 0x0000 only after the instance is flushed to disk,
+renamed into the spool and committed to the index. When that cannot happen
+the sender gets a failure status with an error comment and nothing is
+queued; the sender still holds the instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from capacitor.config.loader import parse_size
+from capacitor.config.nodes import STORAGE, Node
+from capacitor.dicomio import DatasetError, read_header
+from capacitor.errors import SpoolError
+from capacitor.netutil import set_nodelay
+from capacitor.rules.values import RuleContext
+from capacitor.scp import receive
+from capacitor.scp.negotiation import Negotiator, Peer
+from capacitor.spool.store import Spool
+from capacitor.state import RouterState
+
+LOGGER = logging.getLogger(__name__)
+
+# C-STORE statuses, PS3.4 Annex B.2.3.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC210
+
+_MAX_COMMENT = 64  # ErrorComment is LO: at most 64 characters
+
+
+def failure(status: int, comment: str) -> Dataset:
+    """Return a C-STORE response status dataset with an error comment."""
+    response = Dataset()
+    response.Status = status
+    response.ErrorComment = comment[:_MAX_COMMENT]
+    return response
+
+
+class StoreSCP:
+    """The storage listener on ``scpPort``.
+
+    Parameters
+    ----------
+    state : callable
+        Returns the current RouterState; read once per instance, so that an
+        instance is handled wholly by one configuration.
+    spool : Spool
+        Where received instances go.
+    """
+
+    def __init__(self, state: Callable[[], RouterState], spool: Spool) -> None:
+        self.state = state
+        self.spool = spool
+        self.server: ThreadedAssociationServer | None = None
+        self.negotiator = Negotiator(
+            self._resolve_called,
+            lambda: bool(self.state().config["acceptUnknownSopClasses"]),
+            lambda: self.state().config["rejectAbstractSyntaxes"],
+        )
+        receive.install(spool.incoming)
+
+    # association
+
+    def _resolve_called(self, called: str) -> tuple[bool, Node | None]:
+        nodes = self.state().config.nodes
+        if nodes.is_self(called):
+            return True, None
+        found = nodes.find(called, STORAGE)
+        if found:
+            return True, found[0]
+        return False, None
+
+    def start(self, host: str, port: int) -> ThreadedAssociationServer:
+        config = self.state().config
+        ae = AE(ae_title=config["myAeTitle"])
+        ae.require_called_aet = False
+        ae.maximum_associations = config["maxAssociations"]
+        ae.maximum_pdu_size = config["maxPduSize"]
+        ae.acse_timeout = config["acseTimeoutSeconds"]
+        ae.dimse_timeout = config["dimseTimeoutSeconds"]
+        ae.network_timeout = config["networkTimeoutSeconds"]
+        # Contexts are chosen per association by the negotiator; this one
+        # only satisfies pynetdicom's check that a server supports something.
+        ae.add_supported_context("1.2.840.10008.1.1")
+        handlers = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            *self.negotiator.handlers(),
+            *receive.handlers(),
+        ]
+        self.server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+        LOGGER.info("Store SCP listening on %s:%d as %s", host, port, config["myAeTitle"])
+        return self.server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    # services
+
+    def handle_echo(self, event: evt.Event) -> int:
+        peer = self.negotiator.peer(event.assoc)
+        LOGGER.debug("C-ECHO from %s (%s)", peer.calling_ae, peer.calling_ip)
+        return SUCCESS
+
+    def handle_store(self, event: evt.Event) -> int | Dataset:
+        state = self.state()
+        config = state.config
+        peer = self.negotiator.peer(event.assoc)
+        request = event.request
+        sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+        sop_class_uid = str(request.AffectedSOPClassUID or "")
+        received: Path = event.dataset_path
+
+        minimum = parse_size(config["minFreeSpace"])
+        try:
+            free = self.spool.free_bytes()
+        except OSError as exc:
+            return self._write_failed(peer, sop_instance_uid, exc)
+        if free < minimum:
+            LOGGER.error(
+                "Rejected %s from %s: cache %s has %d bytes free, below minFreeSpace %s",
+                sop_instance_uid,
+                peer.calling_ae,
+                self.spool.root,
+                free,
+                config["minFreeSpace"],
+            )
+            return failure(OUT_OF_RESOURCES, "Out of resources: router cache is full")
+
+        try:
+            header = read_header(received)
+        except DatasetError as exc:
+            LOGGER.error(
+                "Rejected %s from %s (%s): dataset cannot be read: %s",
+                sop_instance_uid,
+                peer.calling_ae,
+                peer.calling_ip,
+                exc,
+            )
+            return failure(CANNOT_UNDERSTAND, f"Cannot read dataset: {exc}")
+        for message in header.warnings:
+            LOGGER.warning("Instance %s from %s: %s", sop_instance_uid, peer.calling_ae, message)
+        dataset = header.dataset
+        dataset_uid = header.text("SOPInstanceUID")
+        if dataset_uid and dataset_uid != sop_instance_uid:
+            LOGGER.warning(
+                "Instance from %s: dataset SOPInstanceUID %s differs from the C-STORE "
+                "request's Affected SOP Instance UID %s; the request's UID is used",
+                peer.calling_ae,
+                dataset_uid,
+                sop_instance_uid,
+            )
+
+        destinations, dropped_by, matched = self._route(state, dataset, peer)
+        if dropped_by is not None:
+            LOGGER.info(
+                "Dropped %s from %s by rule %r", sop_instance_uid, peer.calling_ae, dropped_by
+            )
+            return SUCCESS
+
+        fields = {
+            "sop_instance_uid": sop_instance_uid,
+            "sop_class_uid": sop_class_uid,
+            "transfer_syntax": str(event.context.transfer_syntax),
+            "study_uid": header.text("StudyInstanceUID"),
+            "series_uid": header.text("SeriesInstanceUID"),
+            "calling_ae": peer.calling_ae,
+            "called_ae": peer.called_ae,
+            "calling_ip": peer.calling_ip,
+            "size": received.stat().st_size,
+            "received_at": time.time(),
+        }
+        try:
+            self.spool.store(received, fields, destinations)
+        except (OSError, SpoolError) as exc:
+            return self._write_failed(peer, sop_instance_uid, exc)
+
+        if destinations:
+            LOGGER.info(
+                "Stored %s from %s (%s) to %s: routed to %s%s",
+                sop_instance_uid,
+                peer.calling_ae,
+                peer.calling_ip,
+                peer.called_ae,
+                ", ".join(destinations),
+                f" by {', '.join(repr(m) for m in matched)}" if matched else "",
+            )
+        else:
+            LOGGER.warning(
+                "Stored %s from %s (%s) to %s: no destination, kept as unrouted",
+                sop_instance_uid,
+                peer.calling_ae,
+                peer.calling_ip,
+                peer.called_ae,
+            )
+        return SUCCESS
+
+    def _route(
+        self, state: RouterState, dataset: Dataset, peer: Peer
+    ) -> tuple[list[str], str | None, list[str]]:
+        original = peer.original
+        if "route" not in state.config.filters:
+            return ([original] if original else []), None, []
+        context = RuleContext(peer.calling_ae, peer.called_ae, peer.calling_ip)
+        result = state.rules.route(dataset, context, original)
+        return result.destinations, result.dropped_by, result.matched
+
+    def _write_failed(self, peer: Peer, sop_instance_uid: str, exc: BaseException) -> Dataset:
+        LOGGER.error(
+            "Rejected %s from %s (%s) with status 0xA700: could not store it in %s: %s",
+            sop_instance_uid,
+            peer.calling_ae,
+            peer.calling_ip,
+            self.spool.root,
+            exc,
+        )
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        return failure(OUT_OF_RESOURCES, f"Out of resources: cache write failed: {reason}")

@@ -1,0 +1,207 @@
+"""The spool: received files in the cache folder plus their SQLite index.
+
+Layout of the cache folder::
+
+    spool.db            the index (WAL mode)
+    incoming/           files still being received; emptied at start-up
+    objects/ab/<id>.dcm instances, named by a random id, never by a received value
+    outgoing/           per-destination copies that rules changed; emptied at start-up
+
+An instance is acknowledged only after its file is flushed (fsync) and
+renamed into objects/, the folder entry is flushed, and its index row is
+committed. A group committer thread writes the rows of instances that
+arrive together in one transaction, so concurrent associations share the
+cost of each flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from capacitor.errors import SpoolError
+from capacitor.spool.index import InstanceRecord, SpoolIndex
+
+LOGGER = logging.getLogger(__name__)
+
+INDEX_FILE = "spool.db"
+INCOMING = "incoming"
+OBJECTS = "objects"
+OUTGOING = "outgoing"
+
+# Most instance rows written in one group commit.
+_MAX_GROUP = 256
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or folder to stable storage."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@dataclass
+class _Pending:
+    record: InstanceRecord
+    nodes: Sequence[str]
+    folder: Path
+    future: Future[int]
+
+
+class Spool:
+    """Durable storage of received instances and their delivery queue."""
+
+    def __init__(self, root: Path, durable: bool = True) -> None:
+        self.root = root
+        self.durable = durable
+        self.incoming = root / INCOMING
+        self.objects = root / OBJECTS
+        self.outgoing = root / OUTGOING
+        for folder in (root, self.incoming, self.objects, self.outgoing):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.index = SpoolIndex(root / INDEX_FILE, durable)
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._committer: threading.Thread | None = None
+        self.on_commit: Callable[[Sequence[str]], None] | None = None
+
+    # life cycle
+
+    def start(self) -> None:
+        """Recover from an unclean stop and start the group committer."""
+        for folder in (self.incoming, self.outgoing):
+            leftovers = list(folder.iterdir())
+            for leftover in leftovers:
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+            if leftovers:
+                LOGGER.info("Removed %d partial file(s) from %s", len(leftovers), folder)
+        requeued = self.index.recover()
+        if requeued:
+            LOGGER.info("Returned %d interrupted delivery(ies) to the queue", requeued)
+        self._remove_orphans()
+        self._committer = threading.Thread(target=self._commit_loop, name="spool-commit", daemon=True)
+        self._committer.start()
+
+    def stop(self) -> None:
+        if self._committer is not None:
+            self._queue.put(None)
+            self._committer.join(timeout=30)
+            self._committer = None
+        self.index.close()
+
+    def _remove_orphans(self) -> None:
+        """Delete object files that no index row names (renamed, then the process died)."""
+        known = self.index.known_files()
+        removed = 0
+        for shard in self.objects.iterdir():
+            if not shard.is_dir():
+                continue
+            for path in shard.iterdir():
+                if str(path.relative_to(self.root)) not in known:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            LOGGER.info("Removed %d unacknowledged file(s) from %s", removed, self.objects)
+
+    # intake
+
+    def new_object_path(self) -> Path:
+        """Return a fresh path in objects/, named by a random id."""
+        name = uuid.uuid4().hex
+        folder = self.objects / name[:2]
+        folder.mkdir(exist_ok=True)
+        return folder / f"{name}.dcm"
+
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+    def absolute(self, relative: str) -> Path:
+        return self.root / relative
+
+    def store(self, received: Path, record_fields: dict[str, object], nodes: Sequence[str]) -> int:
+        """Move a received file into objects/ and index it durably; return its id.
+
+        Raises
+        ------
+        SpoolError
+            If the file could not be flushed, moved or indexed; nothing stays queued.
+        OSError
+            Passed through from the flush or rename, for the caller to map to a status.
+        """
+        if self.durable:
+            fsync_path(received)
+        target = self.new_object_path()
+        os.rename(received, target)
+        record = InstanceRecord(file=self.relative(target), **record_fields)  # type: ignore[arg-type]
+        pending = _Pending(record, list(nodes), target.parent, Future())
+        self._queue.put(pending)
+        try:
+            return pending.future.result(timeout=120)
+        except BaseException as exc:
+            target.unlink(missing_ok=True)
+            raise SpoolError(f"could not index the received instance: {exc}") from exc
+
+    def _commit_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < _MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                group.append(item)
+            self._commit_group(group)
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        try:
+            if self.durable:
+                for folder in {p.folder for p in group}:
+                    fsync_path(folder)
+            ids = []
+            with self.index.transaction() as db:
+                for pending in group:
+                    ids.append(self.index.insert_instance(db, pending.record, pending.nodes))
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear of the failure
+            LOGGER.error("Spool commit of %d instance(s) failed: %s", len(group), exc)
+            for pending in group:
+                pending.future.set_exception(exc)
+            return
+        for pending, instance_id in zip(group, ids):
+            pending.future.set_result(instance_id)
+        if self.on_commit is not None:
+            nodes = sorted({node for pending in group for node in pending.nodes})
+            if nodes:
+                self.on_commit(nodes)
+
+    # after delivery
+
+    def discard_delivered(self, instance_ids: Sequence[int]) -> None:
+        """Delete the files of instances that every destination has received."""
+        finished = self.index.finished_files(instance_ids)
+        if not finished:
+            return
+        self.index.forget_files([instance_id for instance_id, _ in finished])
+        for _, relative in finished:
+            (self.root / relative).unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        usage = shutil.disk_usage(self.root)
+        return usage.free

@@ -1,0 +1,232 @@
+"""Real DICOM peers for the tests: the router as a process, DCMTK tools, port picking.
+
+Every process started here is stopped by its PID. All traffic stays on
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+
+# DCMTK 3.6.7 leaves Nagle's algorithm on unless this is set.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_worker_number = int(_worker[2:]) if _worker[2:].isdigit() else 0
+# Each xdist worker takes its own block of 400 ports.
+_ports = itertools.count(30000 + _worker_number * 400)
+
+
+def free_port() -> int:
+    """Return a port of this worker's block that nothing listens on."""
+    for port in _ports:
+        if port >= 30000 + (_worker_number + 1) * 400:
+            raise RuntimeError("test port block exhausted")
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("unreachable")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns a true value; fail with `message` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {message}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((HOST, port)) == 0
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """Stop `process` by its PID: SIGTERM, then SIGKILL if it does not exit."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+class Sink:
+    """A DCMTK storescp that stores every instance it receives in a folder."""
+
+    def __init__(self, folder: Path, ae_title: str = "ARCHIVE", port: int | None = None) -> None:
+        self.folder = folder
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = folder.parent / f"storescp-{ae_title}-{self.port}.log"
+
+    def start(self, extra: Iterable[str] = ()) -> Sink:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["storescp", "-aet", self.ae_title, "-od", str(self.folder), *extra, str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=DCMTK_ENV,
+            )
+        wait_until(lambda: port_open(self.port), 10, f"storescp {self.ae_title} listening on {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def files(self) -> list[Path]:
+        if not self.folder.exists():
+            return []
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[Path]:
+        wait_until(
+            lambda: len(self.files()) >= count,
+            timeout,
+            f"{self.ae_title} to hold {count} instance(s); it holds {len(self.files())}",
+        )
+        return self.files()
+
+    def node(self, **fields: Any) -> dict[str, Any]:
+        """Return this sink as a node entry for config.yml."""
+        return {"AeTitle": self.ae_title, "HostName": HOST, "Port": self.port, **fields}
+
+
+def storescu(
+    port: int,
+    files: Iterable[Path],
+    called: str = "CAPACITOR",
+    calling: str = "MODALITY",
+    extra: Iterable[str] = (),
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Send `files` with DCMTK storescu; return the finished process."""
+    return subprocess.run(
+        ["storescu", "-aec", called, "-aet", calling, *extra, HOST, str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=timeout,
+    )
+
+
+class RouterProcess:
+    """``capacitor run`` in a child process, on a data folder made for the test."""
+
+    def __init__(self, root: Path, config: Mapping[str, Any], rules: Mapping[str, str] | None = None) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.config = {"bindAddress": HOST, "scpPort": free_port(), "findScpPort": 0,
+                       "storageCommitScpPort": 0, "queryRetrieveScpPort": 0,
+                       "retryInitialDelaySeconds": 0.5, "retryMaxDelaySeconds": 2,
+                       "minFreeSpace": 0, **config}
+        self.write_config()
+        rules_dir = self.data / "rules"
+        rules_dir.mkdir(exist_ok=True)
+        for name, text in (rules or {}).items():
+            (rules_dir / name).write_text(text, encoding="utf-8")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = root / "router.log"
+        self.env: dict[str, str] = {}
+
+    @property
+    def port(self) -> int:
+        return int(self.config["scpPort"])
+
+    @property
+    def cache(self) -> Path:
+        return self.data / "cache"
+
+    def write_config(self) -> None:
+        (self.data / "config.yml").write_text(yaml.safe_dump(dict(self.config)), encoding="utf-8")
+
+    def start(self, wait: bool = True) -> RouterProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env.pop("CAPACITOR_DATA", None)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "capacitor", "run", "--data", str(self.data)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        if wait and self.port:
+            wait_until(self._listening, 30, f"router listening on {self.port}; log:\n{self.log_text()}")
+        return self
+
+    def _listening(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"router exited with {self.process.returncode}; log:\n{self.log_text()}")
+        return port_open(self.port)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        stop_process(self.process)
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill9(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run another capacitor subcommand on the same data folder."""
+        return subprocess.run(
+            [sys.executable, "-m", "capacitor", *args, "--data", str(self.data)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+
+    def delivery_states(self) -> dict[str, dict[str, int]]:
+        """Return {node: {state: count}} read from the spool index."""
+        import sqlite3
+
+        path = self.cache / "spool.db"
+        if not path.exists():
+            return {}
+        with sqlite3.connect(path, timeout=30) as db:
+            rows = db.execute("SELECT node, state, COUNT(*) FROM deliveries GROUP BY node, state").fetchall()
+        states: dict[str, dict[str, int]] = {}
+        for node, state, count in rows:
+            states.setdefault(node, {})[state] = count
+        return states
