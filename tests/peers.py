@@ -27,14 +27,16 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 _worker_number = int(_worker[2:]) if _worker[2:].isdigit() else 0
-# Each xdist worker takes its own block of 400 ports.
-_ports = itertools.count(30000 + _worker_number * 400)
+# Each xdist worker takes its own block of 400 ports from TEST_PORT_BASE on,
+# so that test runs started side by side can be given separate ranges.
+_base = int(os.environ.get("TEST_PORT_BASE", "30000")) + _worker_number * 400
+_ports = itertools.count(_base)
 
 
 def free_port() -> int:
     """Return a port of this worker's block that nothing listens on."""
     for port in _ports:
-        if port >= 30000 + (_worker_number + 1) * 400:
+        if port >= _base + 400:
             raise RuntimeError("test port block exhausted")
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -43,6 +43,16 @@ class RouteResult:
 
 
 @dataclass
+class MutationResult:
+    """A dataset after the mutate rules of one phase and destination."""
+
+    dataset: Dataset
+    changed: bool = False
+    excluded: bool = False
+    matched: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RuleSet:
     """The compiled rules of a data folder, in file order."""
 
@@ -82,6 +92,20 @@ class RuleSet:
         if result.dropped:
             result.destinations = []
         return result
+
+    def mutate(
+        self,
+        dataset: Dataset,
+        context: RuleContext,
+        phase: str = m.STORAGE_PHASE,
+        destination: str | None = None,
+    ) -> MutationResult:
+        """Apply the mutate rules of `phase` for `destination` to `dataset` in place.
+
+        TODO: mutate actions are checked and compiled but not yet applied;
+        this returns the dataset unchanged.
+        """
+        return MutationResult(dataset)
 
     def _fire(
         self,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
@@ -25,6 +26,7 @@ from pynetdicom.presentation import PresentationContext
 from capacitor.config.nodes import STORAGE, Node
 from capacitor.scu.gate import install_gate
 from capacitor.scu.outcome import Outcome, backoff_delay, classify
+from capacitor.scu.prepare import Prepared, prepare
 from capacitor.spool.index import FAILED, RETRYING, Delivery
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
@@ -146,7 +148,7 @@ class DestinationWorker(threading.Thread):
                 unsent.append(delivery)
                 continue
             started = time.monotonic()
-            outcome = self._send(assoc, delivery, accepted)
+            outcome = self._send(state, node, assoc, delivery, accepted)
             results.append((delivery, outcome, time.monotonic() - started))
         if self.current is not None:
             self.current.last_used = time.time()
@@ -217,16 +219,28 @@ class DestinationWorker(threading.Thread):
         cap_peer_pdu(assoc)
         return assoc
 
-    def _send(self, assoc: Association, delivery: Delivery, accepted: set[Pair]) -> Outcome:
-        path = self.spool.absolute(delivery.file)
-        if not path.exists():
+    def _send(self, state: RouterState, node: Node, assoc: Association, delivery: Delivery, accepted: set[Pair]) -> Outcome:
+        if not self.spool.absolute(delivery.file).exists():
             return Outcome(FAILED, None, f"spool file {delivery.file} is missing")
-        pair = (delivery.sop_class_uid, delivery.transfer_syntax)
+        try:
+            prepared = prepare(state, self.spool, node, delivery)
+        except Exception as exc:  # noqa: BLE001 - a rule failing on one instance fails only that delivery
+            LOGGER.exception("Preparing %s for %s failed", delivery.sop_instance_uid, node.ae_title)
+            return Outcome(FAILED, None, f"preparing the instance failed: {exc}")
+        try:
+            return self._send_prepared(assoc, delivery, prepared, accepted)
+        finally:
+            if prepared.temporary:
+                prepared.path.unlink(missing_ok=True)
+
+    def _send_prepared(self, assoc: Association, delivery: Delivery, prepared: Prepared, accepted: set[Pair]) -> Outcome:
+        path = prepared.path
+        pair = (delivery.sop_class_uid, prepared.transfer_syntax)
         try:
             if pair in accepted:
                 response = assoc.send_c_store(path)
             else:
-                dataset = self._convertible(delivery, accepted, path)
+                dataset = self._convertible(delivery, prepared.transfer_syntax, accepted, path)
                 if dataset is None:
                     return classify_unaccepted(delivery, assoc)
                 response = assoc.send_c_store(dataset)
@@ -240,14 +254,14 @@ class DestinationWorker(threading.Thread):
             return Outcome(RETRYING, None, "association aborted or timed out before a response")
         return classify(None if status is None else int(status), str(comment) if comment else None)
 
-    def _convertible(self, delivery: Delivery, accepted: set[Pair], path: Path):  # type: ignore[no-untyped-def]
-        """Return the dataset re-encoded for an accepted uncompressed syntax, or None."""
-        if delivery.transfer_syntax not in UNCOMPRESSED:
+    def _convertible(self, delivery: Delivery, syntax: str, accepted: set[Pair], path: Path) -> Dataset | None:
+        """Return the dataset to re-encode for an accepted uncompressed syntax, or None."""
+        if syntax not in UNCOMPRESSED:
             return None
-        for syntax in UNCOMPRESSED:
-            if (delivery.sop_class_uid, syntax) in accepted:
+        for other in UNCOMPRESSED:
+            if (delivery.sop_class_uid, other) in accepted:
                 dataset = dcmread(path)
-                dataset.file_meta.TransferSyntaxUID = UID(delivery.transfer_syntax)
+                dataset.file_meta.TransferSyntaxUID = UID(syntax)
                 return dataset
         return None
 

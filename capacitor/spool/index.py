@@ -105,6 +105,9 @@ class Delivery:
     calling_ae: str
     received_at: float
     series_uid: str = ""
+    called_ae: str = ""
+    calling_ip: str = ""
+    study_uid: str = ""
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -235,7 +238,8 @@ class SpoolIndex:
         with self.transaction() as db:
             rows = db.execute(
                 "SELECT d.id, d.instance_id, d.node, d.attempts, i.file, i.sop_instance_uid,"
-                " i.sop_class_uid, i.transfer_syntax, i.calling_ae, i.received_at, i.series_uid"
+                " i.sop_class_uid, i.transfer_syntax, i.calling_ae, i.received_at, i.series_uid,"
+                " i.called_ae, i.calling_ip, i.study_uid"
                 " FROM deliveries d JOIN instances i ON i.id = d.instance_id"
                 " WHERE d.node = ? AND d.state IN (?, ?) AND d.next_attempt_at <= ?"
                 " ORDER BY d.next_attempt_at, d.id LIMIT ?",
