@@ -23,11 +23,77 @@ LOGGER = logging.getLogger(__name__)
 _incoming: Path | None = None
 
 
-def _named_temporary_file(*args: Any, **kwargs: Any) -> IO[bytes]:
+class IncomingFile:
+    """The file a C-STORE dataset is written to while it arrives.
+
+    pynetdicom writes each fragment from its network thread, where an
+    exception would end the association without a C-STORE response. A failed
+    write (a full or read-only disk) is recorded here instead, the partial
+    file is deleted to give the space back, and later fragments are
+    discarded; the C-STORE handler then answers with a failure status.
+    """
+
+    def __init__(self, handle: IO[bytes] | None, name: str, error: OSError | None = None) -> None:
+        self._handle = handle
+        self.name = name
+        self.error = error
+
+    @property
+    def file(self) -> IncomingFile:
+        # pynetdicom calls ``.file.flush()`` on a NamedTemporaryFile.
+        return self
+
+    def write(self, data: bytes) -> int:
+        if self.error is None and self._handle is not None:
+            try:
+                return self._handle.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.error is None and self._handle is not None:
+            try:
+                self._handle.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        if self._handle is None:
+            return
+        try:
+            self._handle.close()
+        except OSError as exc:
+            if self.error is None:
+                self.error = exc
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc
+        LOGGER.error("Writing received instance %s failed: %s", self.name, exc)
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            except OSError:
+                pass
+        Path(self.name).unlink(missing_ok=True)
+
+
+def _named_temporary_file(*args: Any, **kwargs: Any) -> IncomingFile:
     if _incoming is not None:
         kwargs["dir"] = _incoming
         kwargs.setdefault("prefix", "rx-")
-    return tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115
+    try:
+        handle = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115
+    except OSError as exc:
+        LOGGER.error("Cannot create a file for a received instance in %s: %s", _incoming, exc)
+        return IncomingFile(None, str(Path(_incoming or ".") / "unwritable.dcm"), exc)
+    return IncomingFile(handle, handle.name)
+
+
+def write_error(request: Any) -> OSError | None:
+    """Return the error that cut short the writing of `request`'s dataset, if any."""
+    handle = getattr(request, "_dataset_file", None)
+    return handle.error if isinstance(handle, IncomingFile) else None
 
 
 def install(incoming: Path) -> None:

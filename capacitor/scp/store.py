@@ -124,6 +124,10 @@ class StoreSCP:
         sop_class_uid = str(request.AffectedSOPClassUID or "")
         received: Path = event.dataset_path
 
+        interrupted = receive.write_error(request)
+        if interrupted is not None:
+            return self._write_failed(peer, sop_instance_uid, interrupted)
+
         minimum = parse_size(config["minFreeSpace"])
         try:
             free = self.spool.free_bytes()

@@ -1,87 +1,74 @@
-"""A race-free pause for pynetdicom's association reactor.
+"""Keep pynetdicom's association reactor from taking a response meant for a sender.
 
-pynetdicom 3.0.4 runs a reactor thread per association that takes DIMSE
-messages off the association's queue. Before ``send_c_store()`` sends a
-request it pauses the reactor by clearing ``_reactor_checkpoint`` and then
-polls ``_is_paused``. The reactor sets ``_is_paused = True`` *before* it
-calls ``_reactor_checkpoint.wait()``. When the checkpoint is still set at
-that moment, ``wait()`` returns at once, and the sender may see the stale
-``True``, send its request, and block on the queue while the reactor goes
-on to take the reply off the queue itself ("Received unexpected C-STORE
-service message"). The sender then waits out the whole DIMSE timeout.
+pynetdicom 3.0.4 runs a reactor thread per association that polls the
+association's DIMSE message queue with ``get_msg(block=False)``. Before
+``send_c_store()`` sends a request it pauses the reactor by clearing
+``_reactor_checkpoint`` and then polls ``_is_paused``. The reactor sets
+``_is_paused = True`` *before* it calls ``_reactor_checkpoint.wait()``; when
+the checkpoint is still set at that moment, ``wait()`` returns at once, and
+the sender can see the stale ``True``, send its request and block on the
+queue while the reactor, resumed a moment later, takes the C-STORE-RSP off
+the queue itself ("Received unexpected C-STORE service message"). The
+sender then waits out the whole DIMSE timeout and aborts. Under load (the
+GIL switching between many threads) this hit about half of the 2,000
+instance forwarding runs of small instances.
 
-ReactorGate replaces the checkpoint Event. The reactor holds a lock for as
-long as it runs outside ``wait()``, and re-checks the gate after taking
-the lock, so ``clear()`` returns only when the reactor is parked and will
-stay parked until ``set()``.
+The fix makes "is the reactor allowed to take a message?" and "take it"
+one step under a lock, and makes clearing the checkpoint wait for that
+lock. Once ``clear()`` returns, the reactor cannot take a message until
+the checkpoint is set again, whatever it was doing at the time.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from pynetdicom import evt
-from pynetdicom.association import Association
 
 from capacitor.netutil import set_nodelay
 
-# How often a blocked clear() checks whether the reactor thread has ended.
-_POLL_SECONDS = 0.05
 
+class ReactorCheckpoint(threading.Event):
+    """``_reactor_checkpoint`` whose ``clear()`` waits out a message take in progress."""
 
-class ReactorGate:
-    """Drop-in replacement for ``Association._reactor_checkpoint``."""
-
-    def __init__(self, assoc: Association, is_set: bool = True) -> None:
-        self._assoc = assoc
-        self._open = threading.Event()
+    def __init__(self, is_set: bool) -> None:
+        super().__init__()
+        self.taking = threading.Lock()
         if is_set:
-            self._open.set()
-        self._running = threading.Lock()
-        self._holder: int | None = None
-
-    def is_set(self) -> bool:
-        return self._open.is_set()
-
-    def set(self) -> None:
-        self._open.set()
+            super().set()
 
     def clear(self) -> None:
-        """Close the gate and return once the reactor is parked in wait()."""
-        self._open.clear()
-        if self._holder == threading.get_ident():
-            # Called from the reactor thread itself (a handler sending a
-            # request); it is not taking messages meanwhile.
-            return
-        while not self._running.acquire(timeout=_POLL_SECONDS):
-            if not self._assoc.is_alive():
-                return
-        self._running.release()
+        super().clear()
+        with self.taking:
+            pass
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Park the reactor until the gate opens; called by the reactor thread only."""
-        me = threading.get_ident()
-        if self._holder == me:
-            self._holder = None
-            self._running.release()
-        while True:
-            if not self._open.wait(timeout):
-                return False
-            self._running.acquire()
-            if self._open.is_set():
-                self._holder = me
-                return True
-            self._running.release()
+
+def _guarded_get_msg(checkpoint: ReactorCheckpoint, get_msg: Callable[..., Any]) -> Callable[..., Any]:
+    def get(block: bool = False) -> Any:
+        if block:
+            # Only a sender blocks: it is the rightful reader of the queue.
+            return get_msg(block=True)
+        with checkpoint.taking:
+            if not checkpoint.is_set():
+                return None, None
+            return get_msg(block=False)
+
+    return get
 
 
 def install_gate(event: evt.Event) -> None:
-    """EVT_CONN_OPEN handler for outbound associations: TCP_NODELAY and the gate.
+    """EVT_CONN_OPEN handler for outbound associations: TCP_NODELAY and the guard.
 
-    The connection opens before the reactor starts, so the gate is in place
-    before the reactor first waits on it.
+    The connection opens before the reactor starts, so the guard is in
+    place before the reactor first polls the queue.
     """
     set_nodelay(event)
     assoc = event.assoc
     current = assoc._reactor_checkpoint  # noqa: SLF001
-    if not isinstance(current, ReactorGate):
-        assoc._reactor_checkpoint = ReactorGate(assoc, current.is_set())  # type: ignore[assignment]  # noqa: SLF001
+    if isinstance(current, ReactorCheckpoint):
+        return
+    checkpoint = ReactorCheckpoint(current.is_set())
+    assoc._reactor_checkpoint = checkpoint  # noqa: SLF001
+    assoc.dimse.get_msg = _guarded_get_msg(checkpoint, assoc.dimse.get_msg)  # type: ignore[method-assign]
