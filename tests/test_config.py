@@ -303,3 +303,10 @@ class TestCommands:
 
         assert result.returncode == 2
         assert "names no setting" in result.stderr
+
+
+def test_readme_lists_every_setting():
+    readme = (REPO / "README.md").read_text()
+
+    missing = [key for key in setting_schemas() if key != "nodes" and f"| `{key}` |" not in readme]
+    assert missing == []
