@@ -48,15 +48,15 @@ def sinks(tmp_path: Path) -> Iterator[Callable[..., Sink]]:
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     """Make router processes on their own data folders; each is stopped after the test."""
-    made: list[RouterProcess] = []
+    routers: list[RouterProcess] = []
 
     def create(config: dict[str, Any] | None = None, rules: dict[str, str] | None = None, start: bool = True) -> RouterProcess:
-        process = RouterProcess(tmp_path / f"router-{len(made)}", config or {}, rules)
-        made.append(process)
+        process = RouterProcess(tmp_path / f"router-{len(routers)}", config or {}, rules)
+        routers.append(process)
         if start:
             process.start()
         return process
 
     yield create
-    for process in made:
+    for process in routers:
         process.stop()

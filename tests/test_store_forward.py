@@ -149,3 +149,60 @@ def test_echo_command_reaches_the_store_scp(router):
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success (status 0x0000)" in result.stdout
+
+
+def test_destination_down_does_not_hold_up_the_others(router, sinks, make_files):
+    ws1, ws2, ws3 = sinks("WS1"), sinks("WS2", start=False, extra=("+uf",)), sinks("WS3")
+    rules = 'route "ct to workstations" { when Modality == "CT" forward to WS1, WS2, WS3 }\n'
+    capacitor = router({"nodes": [ws1.node(), ws2.node(), ws3.node()]}, {"10.rules": rules})
+    sent = make_files(5, modality="CT")
+
+    result = storescu(capacitor.port, sent)
+
+    assert result.returncode == 0, result.stderr
+    assert set(by_uid(ws1.wait_for(5))) == set(by_uid(sent))
+    assert set(by_uid(ws3.wait_for(5))) == set(by_uid(sent))
+    assert capacitor.delivery_states()["WS2"].get("delivered", 0) == 0
+    ws2.start(("+uf",))
+    received = ws2.wait_for(5, timeout=30)
+    wait_until(
+        lambda: capacitor.delivery_states()["WS2"].get("delivered") == 5, 10, "WS2 deliveries recorded"
+    )
+    assert len(received) == 5
+
+
+def test_queue_stats_counts_by_node_and_state(router, sinks, make_files):
+    sink = sinks("ARCHIVE")
+    down = sinks("DOWN", start=False)
+    rules = 'route "both" { forward to ARCHIVE, DOWN }\n'
+    capacitor = router({"nodes": [sink.node(), down.node()]}, {"10.rules": rules})
+
+    assert storescu(capacitor.port, make_files(3)).returncode == 0
+    sink.wait_for(3)
+    wait_until(
+        lambda: capacitor.delivery_states() == {"ARCHIVE": {"delivered": 3}, "DOWN": {"retrying": 3}},
+        10,
+        "three deliveries done and three retrying",
+    )
+    stats = capacitor.cli("queue", "stats")
+
+    assert stats.returncode == 0, stats.stderr
+    lines = stats.stdout.splitlines()
+    assert "ARCHIVE: delivered 3" in lines
+    assert any(line.startswith("DOWN: retrying 3; oldest pending") for line in lines), stats.stdout
+
+
+def test_large_series_forwards_only_complete_instances(router, sinks, make_files):
+    sink = sinks("ARCHIVE", extra=("+uf",))
+    capacitor = router({"nodes": [sink.node()]}, {"10.rules": OTHERWISE_ARCHIVE})
+    sent = make_files(60, rows=256, columns=512)  # 256 KB each
+
+    result = storescu(capacitor.port, sent)
+
+    assert result.returncode == 0, result.stderr
+    received = sink.wait_for(60, timeout=60)
+    assert len(received) == 60
+    originals = by_uid(sent)
+    for path in received:
+        dataset = pydicom.dcmread(path)
+        assert dataset.PixelData == pydicom.dcmread(originals[str(dataset.SOPInstanceUID)]).PixelData

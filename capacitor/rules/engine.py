@@ -2,7 +2,7 @@
 
 Loading runs the whole pipeline: text -> Lark tree -> plain IR -> JSON
 Schema validation of the IR -> semantic checks -> compiled rules. Route
-evaluation works on a compiled RuleSet and never raises for data reasons.
+evaluation treats a value it cannot read as absent rather than raising.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ RULE_SUFFIX = ".rules"
 
 @dataclass
 class RouteResult:
-    """Where one instance goes, and which rules decided it."""
+    """Destinations of one instance, and the rules that chose them."""
 
     destinations: list[str]
     dropped_by: str | None = None

@@ -38,7 +38,7 @@ STORAGE_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
 
 @dataclass(frozen=True)
 class Peer:
-    """Who is on the other end of an inbound association, and whom it called."""
+    """The calling peer of an inbound association and the AE title it called."""
 
     calling_ae: str
     called_ae: str
@@ -200,7 +200,7 @@ def _reject(assoc: Association, reason: tuple[int, int, int]) -> None:
     """Send A-ASSOCIATE-RJ and wait until it has left, as pynetdicom's own rejection does.
 
     Without the wait, the listener closes the socket before the DUL thread
-    has written the PDU, and the peer sees an abort instead of the reason.
+    has written the PDU, and the peer gets an abort instead of the reason.
     """
     assoc.acse.send_reject(*reason)
     evt.trigger(assoc, evt.EVT_REJECTED, {})

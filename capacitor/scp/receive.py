@@ -2,10 +2,10 @@
 
 pynetdicom can write a C-STORE dataset to a temporary file fragment by
 fragment (``STORE_RECV_CHUNKED_DATASET``), so an instance of any size is
-never held whole in memory. It creates that file with ``NamedTemporaryFile``
-in the system temp folder; here the file is created in the spool's incoming
-folder instead, on the same file system as the spool, so that accepting it
-is a rename. pynetdicom leaves the file behind when an association aborts
+never held whole in memory. pynetdicom creates that file with
+``NamedTemporaryFile`` in the system temp folder. Here it is created in the
+spool's incoming folder instead, so that it lies on the spool's file system
+and accepting it is a rename. pynetdicom leaves the file behind when an association aborts
 mid-transfer, so the abort and close handlers delete it.
 """
 
@@ -30,7 +30,7 @@ class IncomingFile:
     exception would end the association without a C-STORE response. A failed
     write (a full or read-only disk) is recorded here instead, the partial
     file is deleted to give the space back, and later fragments are
-    discarded; the C-STORE handler then answers with a failure status.
+    discarded. The C-STORE handler then returns a failure status.
     """
 
     def __init__(self, handle: IO[bytes] | None, name: str, error: OSError | None = None) -> None:

@@ -1,6 +1,6 @@
 """The Store SCP: receive C-STORE and C-ECHO, route, and spool durably.
 
-A C-STORE is answered 0x0000 only after the instance is flushed to disk,
+A C-STORE gets status 0x0000 only after the instance is flushed to disk,
 renamed into the spool and committed to the index. When that cannot happen
 the sender gets a failure status with an error comment and nothing is
 queued; the sender still holds the instance.

@@ -47,9 +47,9 @@ Pair = tuple[str, str]  # (SOP Class UID, Transfer Syntax UID)
 def cap_peer_pdu(assoc: Association, cap: int = SEND_PDU_CAP) -> None:
     """Bound the fragment size used toward the peer.
 
-    A peer that advertises a Maximum Length of 0 means "no limit"; sending a
-    whole instance as one PDU would need it whole in memory, so a sane size
-    is used instead. A smaller advertised value is always honoured.
+    A peer that advertises a Maximum Length of 0 accepts PDUs of any size.
+    Sending a whole instance as one PDU would need it whole in memory, so
+    SEND_PDU_CAP is used instead. A smaller advertised value is honoured.
     """
     for item in assoc.acceptor.user_information:
         if isinstance(item, MaximumLengthNotification):

@@ -4,11 +4,11 @@ pynetdicom 3.0.4 runs a reactor thread per association that polls the
 association's DIMSE message queue with ``get_msg(block=False)``. Before
 ``send_c_store()`` sends a request it pauses the reactor by clearing
 ``_reactor_checkpoint`` and then polls ``_is_paused``. The reactor sets
-``_is_paused = True`` *before* it calls ``_reactor_checkpoint.wait()``; when
-the checkpoint is still set at that moment, ``wait()`` returns at once, and
-the sender can see the stale ``True``, send its request and block on the
-queue while the reactor, resumed a moment later, takes the C-STORE-RSP off
-the queue itself ("Received unexpected C-STORE service message"). The
+``_is_paused = True`` *before* it calls ``_reactor_checkpoint.wait()``. When
+the checkpoint is still set at that moment, ``wait()`` returns at once, so
+the sender can read the stale ``True`` and send its request. The reactor,
+resumed a moment later, then takes the C-STORE-RSP off the queue itself
+("Received unexpected C-STORE service message"). The
 sender then waits out the whole DIMSE timeout and aborts. Under load (the
 GIL switching between many threads) this hit about half of the 2,000
 instance forwarding runs of small instances.

@@ -18,7 +18,7 @@ from capacitor.state import RouterState
 
 @dataclass(frozen=True)
 class Prepared:
-    """What to send for one delivery; `temporary` copies are deleted after sending."""
+    """The file to send for one delivery; a `temporary` copy is deleted after sending."""
 
     path: Path
     transfer_syntax: str

@@ -4,7 +4,7 @@ Delivery states:
 
 * ``queued``: waiting for its first attempt
 * ``in_flight``: claimed by a destination worker
-* ``delivered``: the destination answered success or a warning status
+* ``delivered``: the destination returned success or a warning status
 * ``retrying``: an attempt failed for a reason worth retrying; see next_attempt_at
 * ``failed``: gave up on a transient failure (kept, can be retried by hand)
 * ``rejected``: the destination refused it with a failure status (kept)
@@ -75,7 +75,7 @@ CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries (instance_id);
 
 @dataclass(frozen=True)
 class InstanceRecord:
-    """What the index stores about one received instance."""
+    """Index row of one received instance."""
 
     file: str
     sop_instance_uid: str
