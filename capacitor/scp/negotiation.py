@@ -124,6 +124,7 @@ class Negotiator:
     def on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         request = assoc.requestor.primitive
+        assert request is not None  # EVT_REQUESTED fires after the A-ASSOCIATE-RQ is decoded
         calling = str(request.calling_ae_title).strip(" ")
         called = str(request.called_ae_title).strip(" ")
         address = assoc.requestor.address
@@ -177,7 +178,7 @@ class Negotiator:
         accept_unknown = self.accept_unknown()
         contexts: dict[str, PresentationContext] = {}
         private: list[str] = []
-        extra = {cx.abstract_syntax: cx for cx in (self.extra_contexts() if self.extra_contexts else [])}
+        extra = {str(cx.abstract_syntax): cx for cx in (self.extra_contexts() if self.extra_contexts else [])}
         for context in proposed:
             uid = str(context.abstract_syntax)
             if uid in contexts or uid in rejected:

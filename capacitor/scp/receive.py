@@ -107,15 +107,15 @@ def install(incoming: Path) -> None:
     _incoming = incoming
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.STORE_SEND_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[attr-defined]
+    dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[assignment]
 
 
 def discard_partial(event: evt.Event) -> None:
     """Delete the file of a C-STORE that was still arriving when the association ended."""
     dimse = getattr(event.assoc, "dimse", None)
-    message = getattr(dimse, "message", None)
+    message: Any = getattr(dimse, "message", None)
     handle = getattr(message, "_data_set_file", None)
-    if handle is None:
+    if message is None or handle is None:
         return
     path = Path(handle.name)
     try:

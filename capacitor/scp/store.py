@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -92,16 +93,18 @@ class StoreSCP:
         # Contexts are chosen per association by the negotiator; this one
         # only satisfies pynetdicom's check that a server supports something.
         ae.add_supported_context("1.2.840.10008.1.1")
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             *self.negotiator.handlers(),
             *receive.handlers(),
         ]
-        self.server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+        assert server is not None  # block=False returns the running server
+        self.server = server
         LOGGER.info("Store SCP listening on %s:%d as %s", host, port, config["myAeTitle"])
-        return self.server
+        return server
 
     def stop(self) -> None:
         if self.server is not None:
@@ -119,7 +122,7 @@ class StoreSCP:
         state = self.state()
         config = state.config
         peer = self.negotiator.peer(event.assoc)
-        request = event.request
+        request: Any = event.request
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         sop_class_uid = str(request.AffectedSOPClassUID or "")
         received: Path = event.dataset_path
