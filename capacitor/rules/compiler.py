@@ -25,7 +25,7 @@ from capacitor.rules.dictionary import (
     vr_of,
 )
 from capacitor.rules.parser import IR
-from capacitor.rules.values import AttributeRef, ContextRef, Ref, Step, normalize_temporal
+from capacitor.rules.values import AttributeRef, ContextRef, Ref, Step, normalize_temporal, temporal_range
 
 # Known nodes: a mapping of AE title to its roles, or a plain collection of
 # AE titles that are all taken as Storage nodes.
@@ -208,10 +208,14 @@ class Checker:
                     self.error(ir, f"{ref.text} has VR {vr} (a number); {literal!r} is not a number")
             return
         if vr in _TEMPORAL_FORMS:
-            if normalize_temporal(str(literal), vr) is None:
+            is_range = temporal_range(str(literal), vr) is not None
+            if is_range and operator != "==":
+                self.error(ir, f"{ref.text}: a range such as {literal!r} works with '==' and 'in' only")
+            elif not is_range and normalize_temporal(str(literal), vr) is None:
                 self.error(
                     ir,
-                    f"{ref.text} has VR {vr}; {literal!r} is not a valid value, expected {_TEMPORAL_FORMS[vr]}",
+                    f"{ref.text} has VR {vr}; {literal!r} is not a valid value, expected "
+                    f"{_TEMPORAL_FORMS[vr]} or a range FROM-TO",
                 )
             return
         if not isinstance(literal, str):

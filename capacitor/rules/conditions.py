@@ -16,9 +16,11 @@ from capacitor.rules.values import (
     Value,
     attribute_values,
     context_values,
+    in_temporal_range,
     is_temporal,
     normalize_temporal,
     sequence_items,
+    temporal_range,
 )
 
 Literal = str | int | float
@@ -80,6 +82,9 @@ class Always(Condition):
 def _equal(value: Value, literal: Literal) -> bool:
     if is_temporal(value.vr):
         left = normalize_temporal(value.text, value.vr)
+        bounds = temporal_range(str(literal), value.vr)
+        if left is not None and bounds is not None:
+            return in_temporal_range(left, bounds)
         right = normalize_temporal(str(literal), value.vr)
         if left is not None and right is not None:
             return left == right

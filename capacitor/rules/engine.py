@@ -21,7 +21,15 @@ from capacitor.rules.compiler import NodeRoles
 from capacitor.rules.parser import IR, parse_rules
 from capacitor.rules.ruleset import MutationResult, RouteResult, RuleSet
 
-__all__ = ["MutationResult", "RouteResult", "RuleSet", "lint_rules", "load_rules", "rule_files"]
+__all__ = [
+    "MutationResult",
+    "RouteResult",
+    "RuleSet",
+    "compile_text",
+    "lint_rules",
+    "load_rules",
+    "rule_files",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -132,3 +140,18 @@ def load_rules(paths: Iterable[Path], nodes: NodeRoles) -> RuleSet:
     for warning in warnings:
         LOGGER.warning("%s", warning)
     return RuleSet(rules, files, warnings)
+
+
+def compile_text(text: str, nodes: NodeRoles, file: str = "<text>") -> RuleSet:
+    """Compile rule text held in memory, as one file named `file`.
+
+    Raises
+    ------
+    RuleError
+        If the text has an error; warnings alone do not raise.
+    """
+    parsed = [(file, parse_rules(text, file))]
+    rules, findings = check_rule_ir(parsed, nodes)
+    if any(f.severity == "error" for f in findings):
+        raise RuleError(findings)
+    return RuleSet(rules, [], findings)
