@@ -11,6 +11,8 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from jsonschema.exceptions import best_match
+
 from capacitor.config import schema as config_schema
 from capacitor.errors import Finding, RuleError
 from capacitor.rules import model as m
@@ -50,7 +52,9 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
 def _schema_findings(file: str, rules: list[IR]) -> list[Finding]:
     validator = config_schema.validator("rules.schema.json")
     findings = []
-    for error in validator.iter_errors(rules):
+    for top in validator.iter_errors(rules):
+        # A failed oneOf lists why each branch failed; report the closest branch.
+        error = best_match(top.context) if top.context else top
         where: IR = {}
         node: object = rules
         for part in error.absolute_path:
