@@ -28,15 +28,27 @@ Literal = str | int | float
 
 @dataclass
 class Subject:
-    """What a condition is evaluated against: a dataset and its association."""
+    """What a condition is evaluated against: a dataset and its association.
+
+    `cache`, when given, keeps the values of each attribute reference once
+    read; only a caller that does not change the dataset may pass one.
+    Context values are never cached, because ``destination`` changes while
+    route rules fire.
+    """
 
     dataset: Dataset
     context: RuleContext
+    cache: dict[AttributeRef, list[Value]] | None = None
 
     def values(self, ref: Ref) -> list[Value]:
         if isinstance(ref, ContextRef):
             return context_values(self.context, ref)
-        return attribute_values(self.dataset, ref)
+        if self.cache is None:
+            return attribute_values(self.dataset, ref)
+        values = self.cache.get(ref)
+        if values is None:
+            values = self.cache[ref] = attribute_values(self.dataset, ref)
+        return values
 
 
 class Condition:
@@ -236,7 +248,7 @@ class Where(Condition):
 
     def holds(self, subject: Subject) -> bool:
         for item in sequence_items(subject.dataset, self.ref):
-            if self.condition.holds(Subject(item, subject.context)):
+            if self.condition.holds(Subject(item, subject.context, {} if subject.cache is not None else None)):
                 return True
         return False
 

@@ -87,31 +87,22 @@ class RuleSet:
         matched. A ``drop`` discards the instance whatever follows.
         """
         result = RouteResult([original] if original else [])
-        candidates = self._route_index.candidates(Subject(dataset, context))
-        for rule in candidates:
-            if self._fire(rule, dataset, context, original, result):
+        own_context = dataclasses.replace(context, destinations=tuple(result.destinations))
+        subject = Subject(dataset, own_context, cache={})
+        for rule in self._route_index.candidates(subject):
+            if self._fire(rule, subject, original, result):
                 break
         if not result.matched and not result.dropped:
             for rule in self._fallbacks:
-                if self._fire(rule, dataset, context, original, result):
+                if self._fire(rule, subject, original, result):
                     break
         if result.dropped:
             result.destinations = []
         return result
 
-    def _fire(
-        self,
-        rule: m.Rule,
-        dataset: Dataset,
-        context: RuleContext,
-        original: str | None,
-        result: RouteResult,
-    ) -> bool:
+    def _fire(self, rule: m.Rule, subject: Subject, original: str | None, result: RouteResult) -> bool:
         """Apply `rule` if it matches; return True when it dropped the instance."""
-        if not rule.applies_to(result.destinations):
-            return False
-        subject = Subject(dataset, dataclasses.replace(context, destinations=tuple(result.destinations)))
-        if not rule.condition.holds(subject):
+        if not rule.applies_to(result.destinations) or not rule.condition.holds(subject):
             return False
         result.matched.append(rule.name)
         for action in rule.actions:
@@ -127,6 +118,7 @@ class RuleSet:
                 return True
             elif isinstance(action, m.Save):
                 result.saves.append(action.template.evaluate(subject))
+        subject.context.destinations = tuple(result.destinations)
         return False
 
     # mutate
