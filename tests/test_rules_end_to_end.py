@@ -170,3 +170,18 @@ def test_mutations_differ_per_destination_and_spool_keeps_original(router, sinks
         "two deliveries recorded for ARCHIVE",
     )
     assert list((capacitor.cache / "outgoing").iterdir()) == []
+
+
+def test_save_to_writes_a_copy_in_the_data_folder(router, sinks, tmp_path):
+    archive = sinks("ARCHIVE")
+    rules = 'route "keep" { forward to ARCHIVE\n save to "saved/{PatientID}/{SOPInstanceUID}.dcm" }\n'
+    capacitor = router({"nodes": [archive.node()]}, {"10.rules": rules})
+    dataset = make_image(study="saved", patient_id="../ESCAPE")
+    sent = write(dataset, tmp_path / "send" / "saved.dcm")
+
+    assert storescu(capacitor.port, [sent]).returncode == 0
+
+    archive.wait_for(1)
+    copy = capacitor.data / "saved" / ".._ESCAPE" / f"{dataset.SOPInstanceUID}.dcm"
+    assert dataset_bytes(copy) == dataset_bytes(sent)
+    assert not (capacitor.data / "ESCAPE").exists()

@@ -92,7 +92,7 @@ def test_design_example_applies_every_action(source, tmp_path):
     assert result.private_block(0x0009, "ACME 1.1")[0x11].value == "KEEP?"
 
 
-def test_two_destinations_get_different_copies_and_original_stays(source, tmp_path):
+def test_destinations_get_own_copies(source, tmp_path):
     rule_set = rules(
         'mutate "research" for RESEARCH { set PatientName = "RESEARCH^SUBJECT" }\n'
         'mutate "teaching" for TEACHING { delete PatientName }\n'
@@ -205,8 +205,10 @@ def test_functions_in_expressions(source, tmp_path):
     result = pydicom.dcmread(copy)
     assert result.SOPInstanceUID != pydicom.dcmread(source).SOPInstanceUID
     assert result.file_meta.MediaStorageSOPInstanceUID == result.SOPInstanceUID
-    assert len(result.ContentDate) == 8 and result.ContentDate.isdigit()
-    assert len(result.ContentTime) == 6 and result.ContentTime.isdigit()
+    assert len(result.ContentDate) == 8
+    assert result.ContentDate.isdigit()
+    assert len(result.ContentTime) == 6
+    assert result.ContentTime.isdigit()
     assert result.StudyDescription == "EXAMPLE HOSPITAL"
     assert result.SeriesDescription == "ct o"
 

@@ -30,7 +30,7 @@ def test_fallback_only_when_nothing_else_matched():
     assert route(FALLBACK, make_image(modality="MR")) == ["ARCHIVE"]
 
 
-def test_all_matching_rules_fire_in_order_and_fallback_stays_out():
+def test_all_matches_fire_without_fallback():
     text = (
         'route "ct" { when Modality == "CT" forward to CT_PACS }\n'
         'route "fallback" otherwise { forward to ARCHIVE }\n'

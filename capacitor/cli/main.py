@@ -53,7 +53,15 @@ def _add_format(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from capacitor.cli import config_show, echo, lint, queue, rules_import, rules_test, run
+    from capacitor.cli import (
+        config_show,
+        echo,
+        lint,
+        queue,
+        rules_import,
+        rules_test,
+        run,
+    )
 
     parser = argparse.ArgumentParser(
         prog="capacitor",

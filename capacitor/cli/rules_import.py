@@ -15,7 +15,7 @@ from capacitor.state import node_roles
 
 HELP = """\
 Translate the commercial router's filter files (routings.yml, mutations.yml,
-sortings.yml) into rule text. Each file holds a list of filters, at the top
+sortings.yml) into rule text. Each file contains a list of filters, at the top
 level or under the key routings, mutations or sortings; a filter has Name,
 Conditions, Actions and optionally Destinations (the rule's 'for' list),
 Otherwise and Enabled.

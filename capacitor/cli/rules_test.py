@@ -70,15 +70,18 @@ def command(args: argparse.Namespace) -> int:
     if "SOPClassUID" not in header.dataset:
         print(f"{args.file}: error: cannot read DICOM file: it has no SOP Class UID", file=sys.stderr)
         return 1
+
     called = args.called_ae or state.config["myAeTitle"]
     known, original = _original(state, called)
     if not known:
         print(f"capacitor: error: called AE {called!r} names no Storage node", file=sys.stderr)
         return 1
+
     context = RuleContext(args.calling_ae, called, args.calling_ip)
     dataset, _ = read_instance(args.file)
     result = state.rules.route(dataset, context, original)
     by_name = {rule.name: rule for rule in state.rules.rules}
+
     report = {
         "file": str(args.file),
         "called_ae": called,

@@ -6,6 +6,7 @@ from typing import Any
 
 from capacitor.config.schema import closest
 from capacitor.rules import model as m
+from capacitor.rules.checks import check_contradictions, check_replace, check_set_target
 from capacitor.rules.compiler import STORAGE_ROLE, Checker
 from capacitor.rules.expressions import (
     FUNCTIONS,
@@ -21,7 +22,6 @@ from capacitor.rules.expressions import (
     split_template,
 )
 from capacitor.rules.parser import IR
-from capacitor.rules.checks import check_contradictions, check_replace, check_set_target
 from capacitor.rules.values import AttributeRef, Ref
 
 # Which actions each kind of rule may hold.

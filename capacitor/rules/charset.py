@@ -1,7 +1,7 @@
 """Specific Character Set decisions for text that mutations write.
 
 Only the VRs SH, LO, ST, LT, PN, UC and UT are encoded with the Specific
-Character Set (0008,0005); all other text VRs use the default repertoire
+Character Set (0008,0005). All other text VRs use the default repertoire
 (PS3.5 6.1.2.3). A dataset without the attribute, or with a term that is not
 defined, is taken to hold ASCII only, because a receiver cannot be trusted
 to decode anything else.
@@ -13,7 +13,12 @@ import logging
 import warnings
 from collections.abc import Iterable
 
-from pydicom.charset import CUSTOMIZABLE_CHARSET_VR, decode_bytes, encode_string, python_encoding
+from pydicom.charset import (
+    CUSTOMIZABLE_CHARSET_VR,
+    decode_bytes,
+    encode_string,
+    python_encoding,
+)
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 

@@ -16,8 +16,8 @@ from capacitor.rules.mutation import group_numbers
 from capacitor.rules.parser import IR
 from capacitor.rules.values import AttributeRef, normalize_temporal
 
-# Binary VRs that `set` cannot write; UN is left out because an unknown
-# private element is read as UN and holds text in practice.
+# Binary VRs that `set` cannot write. UN is left out, because an unknown
+# private element is read as UN and contains text in practice.
 _UNWRITABLE_VRS = (BINARY_VRS - {"UN"}) | {"AT"}
 
 

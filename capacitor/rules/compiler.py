@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from capacitor.errors import Finding
 from capacitor.rules import conditions as c
@@ -25,11 +25,18 @@ from capacitor.rules.dictionary import (
     vr_of,
 )
 from capacitor.rules.parser import IR
-from capacitor.rules.values import AttributeRef, ContextRef, Ref, Step, normalize_temporal, temporal_range
+from capacitor.rules.values import (
+    AttributeRef,
+    ContextRef,
+    Ref,
+    Step,
+    normalize_temporal,
+    temporal_range,
+)
 
 # Known nodes: a mapping of AE title to its roles, or a plain collection of
 # AE titles that are all taken as Storage nodes.
-NodeRoles = Union[Mapping[str, Collection[str]], Collection[str]]
+NodeRoles = Mapping[str, Collection[str]] | Collection[str]
 STORAGE_ROLE = "Storage"
 
 _REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}

@@ -28,7 +28,7 @@ Literal = str | int | float
 
 @dataclass
 class Subject:
-    """What a condition is evaluated against: a dataset and its association.
+    """The dataset and association that a condition is evaluated against.
 
     `cache`, when given, keeps the values of each attribute reference once
     read; only a caller that does not change the dataset may pass one.

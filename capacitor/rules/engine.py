@@ -17,9 +17,8 @@ from capacitor.config import schema as config_schema
 from capacitor.errors import Finding, RuleError
 from capacitor.rules import model as m
 from capacitor.rules.builder import RuleBuilder
-from capacitor.rules.compiler import Checker
 from capacitor.rules.checks import check_reachability
-from capacitor.rules.compiler import NodeRoles
+from capacitor.rules.compiler import Checker, NodeRoles
 from capacitor.rules.parser import IR, parse_rules
 from capacitor.rules.ruleset import MutationResult, RouteResult, RuleSet
 

@@ -4,7 +4,7 @@ Semantics of a target reference:
 
 * A path into a sequence reaches every item (``[*]`` or no index) or one
   item (``[n]``). ``set`` creates a missing sequence with one item when the
-  path asks for item 0 or gives no index; it creates no other items.
+  path names item 0 or gives no index, and creates no other items.
 * ``[n]`` on the last step of a multi-valued attribute sets or deletes one
   value; on a sequence, ``delete`` removes that item.
 * ``set`` of text with a backslash writes several values, except to LT, ST,
@@ -32,7 +32,7 @@ from capacitor.rules import charset
 from capacitor.rules import model as m
 from capacitor.rules.conditions import Subject
 from capacitor.rules.dictionary import NUMERIC_VRS, Tag, vr_of
-from capacitor.rules.values import AttributeRef, Index, Step, find_element, to_text
+from capacitor.rules.values import AttributeRef, Index, Step, to_text
 
 LOGGER = logging.getLogger(__name__)
 

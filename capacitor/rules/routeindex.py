@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from capacitor.rules import conditions as c
 from capacitor.rules import model as m
 from capacitor.rules.dictionary import TEXT_VRS
-from capacitor.rules.values import AttributeRef, ContextRef, Ref
+from capacitor.rules.values import ContextRef, Ref
 
 # Context names whose value is fixed for the whole evaluation.
 _FIXED_CONTEXT = ("calling_ae", "called_ae", "calling_ip")

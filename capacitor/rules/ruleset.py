@@ -1,8 +1,8 @@
 """A compiled rule set and its three filters: route, mutate and sort.
 
-Evaluation never raises for data reasons: an absent attribute, a value
-that does not parse or a mutation that does not fit its element makes a
-test false or skips that one action, with a warning in the log.
+Data problems do not raise: an absent attribute or a value that does not
+parse makes a test false, and a mutation that does not fit its element
+skips that one action with a warning in the log.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class RouteResult:
 class MutationResult:
     """A dataset after the mutate rules of one phase and destination.
 
-    `touched` holds the top-level tags whose elements changed, so a writer
+    `touched` contains the top-level tags whose elements changed, so a writer
     can keep the received bytes of every other element.
     """
 
@@ -117,7 +117,7 @@ class RuleSet:
                 result.dropped_by = rule.name
                 return True
             elif isinstance(action, m.Save):
-                result.saves.append(action.template.evaluate(subject))
+                result.saves.append(action.template.evaluate_path(subject))
         subject.context.destinations = tuple(result.destinations)
         return False
 
@@ -230,7 +230,7 @@ class RuleSet:
     ) -> list[int]:
         """Return the positions of `datasets` in the order the sort rules give.
 
-        `contexts` holds the association of each dataset, in the same order.
+        `contexts` contains the association of each dataset, in the same order.
         """
         keys = [self.sort_key(d, c, destination) for d, c in zip(datasets, contexts, strict=True)]
         return sorted(range(len(datasets)), key=keys.__getitem__)

@@ -26,7 +26,11 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from capacitor.rules.parser import IR
-from capacitor.rules.yamlcommon import Untranslatable, convert_placeholders, tag_reference
+from capacitor.rules.yamlcommon import (
+    Untranslatable,
+    convert_placeholders,
+    tag_reference,
+)
 
 if TYPE_CHECKING:
     from capacitor.rules.yamlimport import Translator
@@ -137,7 +141,7 @@ def _regex(action: dict[str, Any], where: tuple[object, ...]) -> tuple[str, str]
 
 
 def _regex_update(action: dict[str, Any], where: tuple[object, ...], target: IR, value: str) -> IR:
-    """The whole target value becomes `value`, with groups filled, when the regex matches."""
+    """Return a replace action that turns the whole target value into `value` when the regex matches."""
     pattern, flags = _regex(action, where)
     return {
         "action": "replace",

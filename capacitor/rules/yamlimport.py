@@ -4,9 +4,9 @@ The commercial router keeps its filters in routings.yml, mutations.yml and
 sortings.yml. Their format is not published, so this module reads it as
 follows (docs/rules-import.md has the full description and examples):
 
-* A file holds a list of filters, either at the top level or under a key
-  ``routings``, ``mutations`` or ``sortings``; that key, or else the file
-  name, says which kind of rule each filter becomes.
+* A file contains a list of filters, either at the top level or under a
+  key ``routings``, ``mutations`` or ``sortings``. That key, or else the
+  file name, decides which kind of rule each filter becomes.
 * A filter has ``Name``, ``Conditions`` (all must hold), ``Actions``, and
   optionally ``Destinations`` (the rule's ``for`` list), ``Enabled`` and,
   for routings, ``Otherwise: true``.
@@ -50,7 +50,7 @@ class ImportResult:
 
 
 def file_kind(document: YamlDocument) -> tuple[str, list[Any], tuple[object, ...]] | None:
-    """Return the rule kind, the filter list and its path, or None when neither key nor name tells."""
+    """Return the rule kind, the filter list and its path; None when neither key nor file name gives the kind."""
     data = document.data
     if isinstance(data, dict) and len(data) == 1:
         key = next(iter(data))
@@ -174,9 +174,10 @@ class Translator:
             return {"op": "exists", "ref": ref, **at}
         text = str(expression)
         regex = _REGEX.fullmatch(text)
-        if text.startswith("regex:") or regex:
-            pattern, flags = (text[6:], "") if text.startswith("regex:") else (regex["pattern"], regex["flags"])
-            return {"op": "matches", "ref": ref, "pattern": pattern, "flags": flags, **at}
+        if text.startswith("regex:"):
+            return {"op": "matches", "ref": ref, "pattern": text[6:], "flags": "", **at}
+        if regex is not None:
+            return {"op": "matches", "ref": ref, "pattern": regex["pattern"], "flags": regex["flags"], **at}
         if text.startswith("literal:"):
             return {"op": "compare", "ref": ref, "cmp": "==", "value": text[8:], **at}
         if text == "":

@@ -31,7 +31,7 @@ def prepare(state: RouterState, spool: Spool, node: Node, delivery: Delivery) ->
     """Return the file to send to `node` for `delivery`.
 
     With the ``mutate`` filter on, the mutate rules for `node` run on a
-    fresh read of the spooled file; if they change it, the changed copy is
+    fresh read of the spooled file. If they change it, the changed copy is
     written to the spool's outgoing folder and returned as temporary.
     """
     original = spool.absolute(delivery.file)
