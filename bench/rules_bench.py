@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python bench/rules_bench.py [--datasets 10000] [--files 1000]
+    PYTHONPATH=. python bench/rules_bench.py [--datasets 10000] [--files 1000]
 
 It prints one line per measurement. Figures depend on the machine; record
 them with its description in docs/benchmarks.md.

@@ -11,6 +11,7 @@ from pydicom.sequence import Sequence
 
 from capacitor.synthetic import make_image, write
 from tests.peers import storescu, wait_until
+from tests.test_rules_mutate import element_bytes
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -156,6 +157,10 @@ def test_mutations_differ_per_destination_and_spool_keeps_original(router, sinks
     research_files = by_uid(research.wait_for(2))
     archive_files = by_uid(archive.wait_for(2))
     latin1_uid, ascii_uid = (str(pydicom.dcmread(p).SOPInstanceUID) for p in sent)
+    sent_elements = element_bytes(sent[0])
+    research_elements = element_bytes(research_files[latin1_uid])
+    changed = {tag for tag in sent_elements if sent_elements[tag] != research_elements.get(tag)}
+    assert changed == {0x00080080, 0x00100020}
     research_latin1 = pydicom.dcmread(research_files[latin1_uid])
     assert research_latin1.SpecificCharacterSet == "ISO_IR 100"
     assert research_latin1.InstitutionName == "Klinik Süd"
@@ -172,7 +177,7 @@ def test_mutations_differ_per_destination_and_spool_keeps_original(router, sinks
     assert list((capacitor.cache / "outgoing").iterdir()) == []
 
 
-def test_save_to_writes_a_copy_in_the_data_folder(router, sinks, tmp_path):
+def test_save_to_writes_copy(router, sinks, tmp_path):
     archive = sinks("ARCHIVE")
     rules = 'route "keep" { forward to ARCHIVE\n save to "saved/{PatientID}/{SOPInstanceUID}.dcm" }\n'
     capacitor = router({"nodes": [archive.node()]}, {"10.rules": rules})
