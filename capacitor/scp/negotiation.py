@@ -18,11 +18,7 @@ from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.service_class import (
-    ServiceClass,
-    StorageServiceClass,
-    VerificationServiceClass,
-)
+from pynetdicom.service_class import ServiceClass, StorageServiceClass, VerificationServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from capacitor.config.nodes import Node
