@@ -38,6 +38,9 @@ def prepare(state: RouterState, spool: Spool, node: Node, delivery: Delivery) ->
     if "mutate" not in state.config.filters:
         return Prepared(original, delivery.transfer_syntax)
     context = RuleContext(delivery.calling_ae, delivery.called_ae, delivery.calling_ip)
+    # NOTE: the forwarder proposes presentation contexts from the spooled SOP
+    # Class UID and transfer syntax, so a rule that sets SOPClassUID makes
+    # the send of the changed copy fail for this destination.
     copy = mutated_copy(state.rules, original, context, node.ae_title, spool.outgoing)
     if copy is None:
         return Prepared(original, delivery.transfer_syntax)
