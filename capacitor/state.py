@@ -7,8 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capacitor.config.loader import Config, load_config
-from capacitor.config.nodes import STORAGE
 from capacitor.rules.engine import RuleSet, load_rules
+
+
+def node_roles(config: Config) -> dict[str, frozenset[str]]:
+    """Return the AE title and roles of every configured node, for the rule checks."""
+    return {node.ae_title: node.roles for node in config.nodes}
 
 
 @dataclass(frozen=True)
@@ -27,11 +31,10 @@ def load_state(
 ) -> RouterState:
     """Load configuration and rules completely; raise ConfigError or RuleError.
 
-    Rules may forward only to Storage nodes, so only their names are known
-    to the rule checks.
+    The rule checks know every node with its roles, so that a rule that
+    forwards to a Worklist node, for example, is reported as such.
     """
     config = load_config(data_dir, cache_dir, cli_overrides, environ)
-    node_names = [node.ae_title for node in config.nodes.with_role(STORAGE)]
     paths = [config.rules_dir] if config.rules_dir.exists() else []
-    rules = load_rules(paths, node_names)
+    rules = load_rules(paths, node_roles(config))
     return RouterState(config, rules)

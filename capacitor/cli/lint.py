@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from capacitor.cli.common import load_config_or_report, print_findings, print_json
-from capacitor.config.nodes import STORAGE
 from capacitor.rules.engine import lint_rules, rule_files
+from capacitor.state import node_roles
 
 
 def rules_command(args: argparse.Namespace) -> int:
@@ -21,8 +21,7 @@ def rules_command(args: argparse.Namespace) -> int:
         for path in missing:
             print(f"{path}: error: no such file or folder", file=sys.stderr)
         return 1
-    node_names = [node.ae_title for node in config.nodes.with_role(STORAGE)]
-    findings = lint_rules(paths, node_names)
+    findings = lint_rules(paths, node_roles(config))
     errors = [f for f in findings if f.severity == "error"]
     print_findings(findings, args.format)
     if args.format == "text":

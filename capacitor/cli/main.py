@@ -53,7 +53,15 @@ def _add_format(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from capacitor.cli import config_show, echo, lint, queue, rules_test, run
+    from capacitor.cli import (
+        config_show,
+        echo,
+        lint,
+        queue,
+        rules_import,
+        rules_test,
+        run,
+    )
 
     parser = argparse.ArgumentParser(
         prog="capacitor",
@@ -87,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(show)
     show.set_defaults(handler=config_show.command)
 
-    rules_parser = sub.add_parser("rules", help="try rules on a file")
+    rules_parser = sub.add_parser("rules", help="try rules on a file, or import YAML filters")
     rules_sub = rules_parser.add_subparsers(dest="what", metavar="WHAT")
     test = rules_sub.add_parser("test", help="show what the rules do to a DICOM file")
     test.add_argument("file", type=Path, metavar="FILE.dcm")
@@ -97,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(test)
     _add_format(test)
     test.set_defaults(handler=rules_test.command)
+    imported = rules_sub.add_parser(
+        "import",
+        help="write rule text from routings.yml, mutations.yml and sortings.yml",
+        description=rules_import.HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imported.add_argument("files", nargs="+", type=Path, metavar="FILE.yml", help="YAML filter files")
+    imported.add_argument(
+        "--output", "-o", type=Path, default=None, metavar="FILE", help="write the rules here (default: standard output)"
+    )
+    _add_common(imported)
+    imported.set_defaults(handler=rules_import.command)
 
     queue_parser = sub.add_parser("queue", help="inspect and manage the delivery queue")
     queue_sub = queue_parser.add_subparsers(dest="what", metavar="ACTION")

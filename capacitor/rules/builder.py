@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from capacitor.config.schema import closest
 from capacitor.rules import model as m
-from capacitor.rules.compiler import Checker
+from capacitor.rules.checks import check_contradictions, check_replace, check_set_target
+from capacitor.rules.compiler import STORAGE_ROLE, Checker
 from capacitor.rules.expressions import (
     FUNCTIONS,
     Case,
@@ -27,6 +29,13 @@ _ALLOWED_ACTIONS = {
     m.ROUTE: {"forward", "drop_original", "drop", "save"},
     m.MUTATE: {"set", "delete", "delete_private", "replace", "exclude"},
     m.SORT: {"sort_by"},
+}
+# The role a node in a `for` list needs, by phase; storage needs Storage.
+_PHASE_ROLES = {
+    "worklist_query": "Worklist",
+    "worklist_result": "Worklist",
+    "qr_find_query": "QueryRetrieve",
+    "qr_find_result": "QueryRetrieve",
 }
 _ACTION_WORDS = {
     "forward": "forward to",
@@ -62,7 +71,8 @@ class RuleBuilder:
 
         for_nodes = None
         if "for" in ir:
-            for_nodes = [self._node(node) for node in ir["for"]]
+            role = _PHASE_ROLES.get(phase, STORAGE_ROLE)
+            for_nodes = [self._node(node, role) for node in ir["for"]]
 
         condition = check.condition(ir["when"])
         actions = []
@@ -75,7 +85,7 @@ class RuleBuilder:
             check.warning(ir, f"rule {ir['name']!r} has no actions, so it does nothing")
         if kind == m.SORT and sum(1 for a in ir["actions"] if a["action"] == "sort_by") > 1:
             check.error(ir, f"sort rule {ir['name']!r} has more than one 'sort by'; add keys with 'then by'")
-        self._check_can_fire(ir)
+        check_contradictions(check, ir)
 
         return m.Rule(
             kind=kind,
@@ -92,14 +102,13 @@ class RuleBuilder:
             source=ir,
         )
 
-    def _node(self, node: IR) -> str:
+    def _node(self, node: IR, role: str = STORAGE_ROLE) -> str:
         name: str = node["name"].strip()
-        known = self.checker.node_names
-        if name not in known:
-            from capacitor.config.schema import closest
-
+        roles = self.checker.roles_of(name)
+        if roles is None:
+            known = self.checker.node_names
             message = f"unknown destination node {name!r}"
-            hint = closest(name, list(known))
+            hint = closest(name, known)
             if hint:
                 message += f"; did you mean {hint!r}?"
             elif known:
@@ -107,6 +116,12 @@ class RuleBuilder:
             else:
                 message += "; no nodes are configured"
             self.checker.error(node, message)
+        elif role not in roles:
+            self.checker.error(
+                node,
+                f"node {name!r} has NodeRole {', '.join(sorted(roles)) or 'none'}, "
+                f"but this needs a {role} node",
+            )
         return name
 
     def _action(self, rule: IR, ir: IR) -> m.Action | None:
@@ -147,10 +162,12 @@ class RuleBuilder:
         if target is None:
             return None
         if value is not None:
+            check_set_target(check, ir, target)
             return m.SetValue(kind, line, column, target, value)
         if kind == "delete":
             return m.Delete(kind, line, column, target)
         pattern = check.regex(ir, ir["pattern"], ir["flags"])
+        check_replace(check, ir, target, pattern)
         return m.Replace(kind, line, column, target, pattern, ir["replacement"])
 
     def _target(self, ref_ir: IR) -> AttributeRef | None:
@@ -190,8 +207,6 @@ class RuleBuilder:
         name = ir["call"]
         args = ir["args"]
         if name not in FUNCTIONS:
-            from capacitor.config.schema import closest
-
             message = f"unknown function {name}()"
             hint = closest(name, list(FUNCTIONS))
             message += f"; did you mean {hint}()?" if hint else f"; use one of {', '.join(f + '()' for f in FUNCTIONS)}"
@@ -233,42 +248,6 @@ class RuleBuilder:
             if ref is not None:
                 parts.append(ref)
         return Text(parts)
-
-    # never-firing rules
-
-    def _check_can_fire(self, ir: IR) -> None:
-        """Warn about conditions that contradict themselves, such as X == "a" and X == "b"."""
-        when = ir["when"]
-        if when is None or when["op"] != "and":
-            return
-        equal: dict[str, Any] = {}
-        present: dict[str, str] = {}
-        for test in when["args"]:
-            op = test["op"]
-            ref = test.get("ref", {}).get("text")
-            if ref is None:
-                continue
-            if op == "compare" and test["cmp"] == "==":
-                if ref in equal and equal[ref] != test["value"]:
-                    self.checker.error(
-                        test,
-                        f"rule {ir['name']!r} can never fire: {ref} cannot equal both "
-                        f"{equal[ref]!r} and {test['value']!r}",
-                    )
-                equal.setdefault(ref, test["value"])
-            if op in ("exists", "missing"):
-                other = "missing" if op == "exists" else "exists"
-                if present.get(ref) == other:
-                    self.checker.error(
-                        test, f"rule {ir['name']!r} can never fire: {ref} cannot be both present and missing"
-                    )
-                present[ref] = op
-        for test in when["args"]:
-            ref = test.get("ref", {}).get("text")
-            if test["op"] == "missing" and ref in equal:
-                self.checker.error(
-                    test, f"rule {ir['name']!r} can never fire: {ref} cannot be missing and equal {equal[ref]!r}"
-                )
 
 
 def _placeholder_ref(text: str, where: IR) -> IR | None:

@@ -8,7 +8,7 @@ caused it.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,19 @@ from capacitor.rules.dictionary import (
     vr_of,
 )
 from capacitor.rules.parser import IR
-from capacitor.rules.values import AttributeRef, ContextRef, Ref, Step, normalize_temporal
+from capacitor.rules.values import (
+    AttributeRef,
+    ContextRef,
+    Ref,
+    Step,
+    normalize_temporal,
+    temporal_range,
+)
+
+# Known nodes: a mapping of AE title to its roles, or a plain collection of
+# AE titles that are all taken as Storage nodes.
+NodeRoles = Mapping[str, Collection[str]] | Collection[str]
+STORAGE_ROLE = "Storage"
 
 _REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
 _TEMPORAL_FORMS = {
@@ -40,8 +52,20 @@ class Checker:
     """Collect findings for one file while compiling its references and conditions."""
 
     file: str
-    node_names: Collection[str] = ()
+    nodes: NodeRoles = ()
     findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def node_names(self) -> list[str]:
+        return list(self.nodes)
+
+    def roles_of(self, name: str) -> Collection[str] | None:
+        """Return the roles of node `name`; None when no node has that AE title."""
+        if name not in self.nodes:
+            return None
+        if isinstance(self.nodes, Mapping):
+            return self.nodes[name]
+        return (STORAGE_ROLE,)
 
     def error(self, where: IR, message: str) -> None:
         self.findings.append(
@@ -93,6 +117,9 @@ class Checker:
                 return None
         name = segment["name"]
         tag = tag_for_keyword(name)
+        if tag is not None and tag.group == 0x0002:
+            self.error(ref, f"{name} is File Meta Information (group 0002), which rules cannot see or change")
+            return None
         if tag is not None:
             return tag
         message = f"unknown keyword {name!r}"
@@ -188,10 +215,14 @@ class Checker:
                     self.error(ir, f"{ref.text} has VR {vr} (a number); {literal!r} is not a number")
             return
         if vr in _TEMPORAL_FORMS:
-            if normalize_temporal(str(literal), vr) is None:
+            is_range = temporal_range(str(literal), vr) is not None
+            if is_range and operator != "==":
+                self.error(ir, f"{ref.text}: a range such as {literal!r} works with '==' and 'in' only")
+            elif not is_range and normalize_temporal(str(literal), vr) is None:
                 self.error(
                     ir,
-                    f"{ref.text} has VR {vr}; {literal!r} is not a valid value, expected {_TEMPORAL_FORMS[vr]}",
+                    f"{ref.text} has VR {vr}; {literal!r} is not a valid value, expected "
+                    f"{_TEMPORAL_FORMS[vr]} or a range FROM-TO",
                 )
             return
         if not isinstance(literal, str):

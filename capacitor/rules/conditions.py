@@ -16,9 +16,11 @@ from capacitor.rules.values import (
     Value,
     attribute_values,
     context_values,
+    in_temporal_range,
     is_temporal,
     normalize_temporal,
     sequence_items,
+    temporal_range,
 )
 
 Literal = str | int | float
@@ -26,15 +28,27 @@ Literal = str | int | float
 
 @dataclass
 class Subject:
-    """What a condition is evaluated against: a dataset and its association."""
+    """The dataset and association that a condition is evaluated against.
+
+    `cache`, when given, keeps the values of each attribute reference once
+    read; only a caller that does not change the dataset may pass one.
+    Context values are never cached, because ``destination`` changes while
+    route rules fire.
+    """
 
     dataset: Dataset
     context: RuleContext
+    cache: dict[AttributeRef, list[Value]] | None = None
 
     def values(self, ref: Ref) -> list[Value]:
         if isinstance(ref, ContextRef):
             return context_values(self.context, ref)
-        return attribute_values(self.dataset, ref)
+        if self.cache is None:
+            return attribute_values(self.dataset, ref)
+        values = self.cache.get(ref)
+        if values is None:
+            values = self.cache[ref] = attribute_values(self.dataset, ref)
+        return values
 
 
 class Condition:
@@ -80,6 +94,9 @@ class Always(Condition):
 def _equal(value: Value, literal: Literal) -> bool:
     if is_temporal(value.vr):
         left = normalize_temporal(value.text, value.vr)
+        bounds = temporal_range(str(literal), value.vr)
+        if left is not None and bounds is not None:
+            return in_temporal_range(left, bounds)
         right = normalize_temporal(str(literal), value.vr)
         if left is not None and right is not None:
             return left == right
@@ -231,7 +248,7 @@ class Where(Condition):
 
     def holds(self, subject: Subject) -> bool:
         for item in sequence_items(subject.dataset, self.ref):
-            if self.condition.holds(Subject(item, subject.context)):
+            if self.condition.holds(Subject(item, subject.context, {} if subject.cache is not None else None)):
                 return True
         return False
 

@@ -139,3 +139,11 @@ def vr_of(tag: Tag) -> str | None:
     except KeyError:
         return None
     return vr.split(" or ")[0]
+
+
+def keyword_for_tag(value: int) -> str | None:
+    """Return the dictionary keyword of a standard tag number, or None."""
+    from pydicom.datadict import keyword_for_tag as pydicom_keyword
+
+    keyword = pydicom_keyword(value)
+    return keyword or None

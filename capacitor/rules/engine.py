@@ -1,142 +1,40 @@
-"""Load rule files and evaluate the route filter.
+"""Load rule files: the whole pipeline from text to a compiled RuleSet.
 
-Loading runs the whole pipeline: text -> Lark tree -> plain IR -> JSON
-Schema validation of the IR -> semantic checks -> compiled rules. Route
-evaluation treats a value it cannot read as absent rather than raising.
+Text -> Lark tree -> plain IR -> JSON Schema validation of the IR ->
+semantic checks -> compiled rules. Every check runs here, at load time, so
+that no rule error surfaces when an image arrives.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
-from pydicom.dataset import Dataset
+from jsonschema.exceptions import best_match
 
 from capacitor.config import schema as config_schema
 from capacitor.errors import Finding, RuleError
 from capacitor.rules import model as m
 from capacitor.rules.builder import RuleBuilder
-from capacitor.rules.compiler import Checker
-from capacitor.rules.conditions import Subject
+from capacitor.rules.checks import check_reachability
+from capacitor.rules.compiler import Checker, NodeRoles
 from capacitor.rules.parser import IR, parse_rules
-from capacitor.rules.values import RuleContext
+from capacitor.rules.ruleset import MutationResult, RouteResult, RuleSet
+
+__all__ = [
+    "MutationResult",
+    "RouteResult",
+    "RuleSet",
+    "compile_text",
+    "lint_rules",
+    "load_rules",
+    "rule_files",
+]
 
 LOGGER = logging.getLogger(__name__)
 
 RULE_SUFFIX = ".rules"
-
-
-@dataclass
-class RouteResult:
-    """Destinations of one instance, and the rules that chose them."""
-
-    destinations: list[str]
-    dropped_by: str | None = None
-    saves: list[str] = field(default_factory=list)
-    matched: list[str] = field(default_factory=list)
-
-    @property
-    def dropped(self) -> bool:
-        return self.dropped_by is not None
-
-
-@dataclass
-class MutationResult:
-    """A dataset after the mutate rules of one phase and destination."""
-
-    dataset: Dataset
-    changed: bool = False
-    excluded: bool = False
-    matched: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RuleSet:
-    """The compiled rules of a data folder, in file order."""
-
-    rules: list[m.Rule]
-    files: list[Path] = field(default_factory=list)
-    warnings: list[Finding] = field(default_factory=list)
-
-    def of_kind(self, kind: str, phase: str = m.STORAGE_PHASE) -> list[m.Rule]:
-        return [r for r in self.rules if r.kind == kind and r.phase == phase]
-
-    def route(
-        self,
-        dataset: Dataset,
-        context: RuleContext,
-        original: str | None,
-    ) -> RouteResult:
-        """Run the route rules on `dataset`.
-
-        Destinations start as `original`, the node the sender addressed (None
-        when it called the router's own AE title). Every matching rule fires,
-        in order; ``otherwise`` rules fire only when no other route rule
-        matched. A ``drop`` discards the instance whatever follows.
-        """
-        destinations = [original] if original else []
-        result = RouteResult(destinations)
-        fallbacks = []
-        for rule in self.of_kind(m.ROUTE):
-            if rule.otherwise:
-                fallbacks.append(rule)
-                continue
-            if self._fire(rule, dataset, context, original, result):
-                break
-        if not result.matched:
-            for rule in fallbacks:
-                if self._fire(rule, dataset, context, original, result):
-                    break
-        if result.dropped:
-            result.destinations = []
-        return result
-
-    def mutate(
-        self,
-        dataset: Dataset,
-        context: RuleContext,
-        phase: str = m.STORAGE_PHASE,
-        destination: str | None = None,
-    ) -> MutationResult:
-        """Apply the mutate rules of `phase` for `destination` to `dataset` in place.
-
-        TODO: mutate actions are checked and compiled but not yet applied;
-        this returns the dataset unchanged.
-        """
-        return MutationResult(dataset)
-
-    def _fire(
-        self,
-        rule: m.Rule,
-        dataset: Dataset,
-        context: RuleContext,
-        original: str | None,
-        result: RouteResult,
-    ) -> bool:
-        """Apply `rule` if it matches; return True when it dropped the instance."""
-        if not rule.applies_to(result.destinations):
-            return False
-        context.destinations = tuple(result.destinations)
-        subject = Subject(dataset, context)
-        if not rule.condition.holds(subject):
-            return False
-        result.matched.append(rule.name)
-        for action in rule.actions:
-            if isinstance(action, m.Forward):
-                for node in action.nodes:
-                    if node not in result.destinations:
-                        result.destinations.append(node)
-            elif isinstance(action, m.DropOriginal):
-                if original in result.destinations:
-                    result.destinations.remove(original)
-            elif isinstance(action, m.Drop):
-                result.dropped_by = rule.name
-                return True
-            elif isinstance(action, m.Save):
-                result.saves.append(action.template.evaluate(subject))
-        return False
 
 
 def rule_files(paths: Iterable[Path]) -> list[Path]:
@@ -153,7 +51,9 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
 def _schema_findings(file: str, rules: list[IR]) -> list[Finding]:
     validator = config_schema.validator("rules.schema.json")
     findings = []
-    for error in validator.iter_errors(rules):
+    for top in validator.iter_errors(rules):
+        # A failed oneOf lists why each branch failed; report the closest branch.
+        error = best_match(top.context) if top.context else top
         where: IR = {}
         node: object = rules
         for part in error.absolute_path:
@@ -169,7 +69,7 @@ def _schema_findings(file: str, rules: list[IR]) -> list[Finding]:
 
 def check_rule_ir(
     rules_by_file: list[tuple[str, list[IR]]],
-    node_names: Collection[str],
+    nodes: NodeRoles,
 ) -> tuple[list[m.Rule], list[Finding]]:
     """Validate and compile rule IR from several files; return rules and findings."""
     findings: list[Finding] = []
@@ -180,7 +80,7 @@ def check_rule_ir(
         if schema_findings:
             findings += schema_findings
             continue
-        checker = Checker(file, node_names)
+        checker = Checker(file, nodes)
         builder = RuleBuilder(checker)
         for ir in rules:
             rule = builder.build(ir)
@@ -191,6 +91,8 @@ def check_rule_ir(
                 seen[rule.name] = rule
             compiled.append(rule)
         findings += sorted(checker.findings, key=lambda f: (f.line, f.column))
+    if not any(f.severity == "error" for f in findings):
+        findings += check_reachability(compiled)
     return compiled, findings
 
 
@@ -214,15 +116,15 @@ def read_rule_files(files: list[Path]) -> tuple[list[tuple[str, list[IR]]], list
     return parsed, findings
 
 
-def lint_rules(paths: Iterable[Path], node_names: Collection[str]) -> list[Finding]:
+def lint_rules(paths: Iterable[Path], nodes: NodeRoles) -> list[Finding]:
     """Return every finding (errors and warnings) for the rule files under `paths`."""
     files = rule_files(paths)
     parsed, findings = read_rule_files(files)
-    _, check_findings = check_rule_ir(parsed, node_names)
+    _, check_findings = check_rule_ir(parsed, nodes)
     return findings + check_findings
 
 
-def load_rules(paths: Iterable[Path], node_names: Collection[str]) -> RuleSet:
+def load_rules(paths: Iterable[Path], nodes: NodeRoles) -> RuleSet:
     """Load and compile the rule files under `paths`.
 
     Raises
@@ -232,7 +134,7 @@ def load_rules(paths: Iterable[Path], node_names: Collection[str]) -> RuleSet:
     """
     files = rule_files(paths)
     parsed, findings = read_rule_files(files)
-    rules, check_findings = check_rule_ir(parsed, node_names)
+    rules, check_findings = check_rule_ir(parsed, nodes)
     findings += check_findings
     errors = [f for f in findings if f.severity == "error"]
     if errors:
@@ -241,3 +143,18 @@ def load_rules(paths: Iterable[Path], node_names: Collection[str]) -> RuleSet:
     for warning in warnings:
         LOGGER.warning("%s", warning)
     return RuleSet(rules, files, warnings)
+
+
+def compile_text(text: str, nodes: NodeRoles, file: str = "<text>") -> RuleSet:
+    """Compile rule text held in memory, as one file named `file`.
+
+    Raises
+    ------
+    RuleError
+        If the text has an error; warnings alone do not raise.
+    """
+    parsed = [(file, parse_rules(text, file))]
+    rules, findings = check_rule_ir(parsed, nodes)
+    if any(f.severity == "error" for f in findings):
+        raise RuleError(findings)
+    return RuleSet(rules, [], findings)

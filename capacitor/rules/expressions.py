@@ -39,6 +39,25 @@ class Text(Expression):
         return "".join(out)
 
 
+    def evaluate_path(self, subject: Subject) -> str:
+        """Fill in the template as a file path: placeholder values cannot add folders.
+
+        Slashes, backslashes and NUL in a value become ``_``, and a value of
+        ``.`` or ``..`` becomes ``_``, so data from the dataset stays inside
+        the folder the literal text names.
+        """
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            values = subject.values(part)
+            text = values[0].text if values else ""
+            text = re.sub(r"[/\\\x00]", "_", text)
+            out.append("_" if text in (".", "..") else text)
+        return "".join(out)
+
+
 @dataclass
 class Number(Expression):
     value: int | float

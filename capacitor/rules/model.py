@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from capacitor.rules.conditions import Condition
-from capacitor.rules.expressions import Expression
+from capacitor.rules.expressions import Expression, Text
 from capacitor.rules.values import AttributeRef
 
 ROUTE = "route"
@@ -50,7 +50,7 @@ class Drop(Action):
 
 @dataclass
 class Save(Action):
-    template: Expression
+    template: Text
 
 
 @dataclass

@@ -243,5 +243,40 @@ def normalize_temporal(text: str, vr: str) -> str | None:
     return None
 
 
+def temporal_range(text: str, vr: str) -> tuple[str | None, str | None] | None:
+    """Return the normalised bounds of a DA, TM or DT range such as ``20240101-20241231``.
+
+    Either bound may be left open (``-20241231``, ``20240101-``), as in
+    range matching (PS3.4 C.2.2.2.5). Returns None when `text` is a single
+    value or not a range of the VR's form. A DT whose only ``-`` starts a
+    UTC offset is a single value, not a range.
+    """
+    if text.count("-") != 1 or normalize_temporal(text, vr) is not None:
+        return None
+    low_text, high_text = (part.strip() for part in text.split("-"))
+    if not low_text and not high_text:
+        return None
+    low = normalize_temporal(low_text, vr) if low_text else None
+    high = normalize_temporal(high_text, vr) if high_text else None
+    if (low_text and low is None) or (high_text and high is None):
+        return None
+    if high is not None:
+        # An upper bound of reduced precision covers all that it abbreviates:
+        # "2024" as DT covers the whole year, "12" as TM the whole hour.
+        given = re.sub(r"[:]|[+-]\d{4}$", "", high_text)
+        if vr == "DA":
+            given = given.replace(".", "")
+        high = high[: len(given)]
+    return low, high
+
+
+def in_temporal_range(normalized: str, bounds: tuple[str | None, str | None]) -> bool:
+    """Return whether a normalised DA, TM or DT value lies within `bounds`, ends included."""
+    low, high = bounds
+    if low is not None and normalized < low:
+        return False
+    return high is None or normalized[: len(high)] <= high
+
+
 def is_temporal(vr: str) -> bool:
     return vr in DATE_VRS

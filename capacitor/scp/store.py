@@ -23,6 +23,7 @@ from capacitor.config.nodes import STORAGE, Node
 from capacitor.dicomio import DatasetError, read_header
 from capacitor.errors import SpoolError
 from capacitor.netutil import set_nodelay
+from capacitor.rules.saving import save_copies
 from capacitor.rules.values import RuleContext
 from capacitor.scp import receive
 from capacitor.scp.negotiation import Negotiator, Peer
@@ -171,7 +172,9 @@ class StoreSCP:
                 sop_instance_uid,
             )
 
-        destinations, dropped_by, matched = self._route(state, dataset, peer)
+        destinations, dropped_by, matched, saves = self._route(state, dataset, peer)
+        if saves:
+            save_copies(received, saves, config.data_dir, sop_instance_uid)
         if dropped_by is not None:
             LOGGER.info(
                 "Dropped %s from %s by rule %r", sop_instance_uid, peer.calling_ae, dropped_by
@@ -217,13 +220,14 @@ class StoreSCP:
 
     def _route(
         self, state: RouterState, dataset: Dataset, peer: Peer
-    ) -> tuple[list[str], str | None, list[str]]:
+    ) -> tuple[list[str], str | None, list[str], list[str]]:
+        """Return destinations, the dropping rule, the matched rules and the save paths."""
         original = peer.original
         if "route" not in state.config.filters:
-            return ([original] if original else []), None, []
+            return ([original] if original else []), None, [], []
         context = RuleContext(peer.calling_ae, peer.called_ae, peer.calling_ip)
         result = state.rules.route(dataset, context, original)
-        return result.destinations, result.dropped_by, result.matched
+        return result.destinations, result.dropped_by, result.matched, result.saves
 
     def _write_failed(self, peer: Peer, sop_instance_uid: str, exc: BaseException) -> Dataset:
         LOGGER.error(
