@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_queue_filters(retry)
     _add_common(retry)
     retry.set_defaults(handler=queue.retry_command)
+    purge = queue_sub.add_parser("purge", help="delete matching deliveries and files no one needs")
+    _add_queue_filters(purge)
+    purge.add_argument("--unrouted", action="store_true", help="delete instances with no destination")
+    purge.add_argument("--all", action="store_true", help="purge every delivery that is not in flight")
+    _add_common(purge)
+    purge.set_defaults(handler=queue.purge_command)
 
     echo_parser = sub.add_parser("echo", help="send a C-ECHO to a DICOM node")
     echo_parser.add_argument("host")
@@ -152,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_queue_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state", default=None, help="delivery state, such as failed or retrying")
+    parser.add_argument(
+        "--state", default=None, help="delivery state(s), comma-separated, such as failed,rejected"
+    )
     parser.add_argument("--node", default=None, help="destination node AE title")
     parser.add_argument("--study", default=None, metavar="UID", help="Study Instance UID")
 

@@ -1,4 +1,4 @@
-"""``capacitor queue stats|list|retry``: the delivery queue of a spool."""
+"""``capacitor queue stats|list|retry|purge``: the delivery queue of a spool."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import time
 
 from capacitor.cli.common import load_config_or_report, print_json
 from capacitor.cli.main import UsageError
-from capacitor.spool.index import PENDING_STATES, STATES, SpoolIndex
+from capacitor.config.loader import Config
+from capacitor.spool import reports
+from capacitor.spool.index import STATES, SpoolIndex
 from capacitor.spool.store import INDEX_FILE
 
-RETRYABLE = ("retrying", "failed", "rejected", "expired")
 
-
-def _open_index(args: argparse.Namespace) -> SpoolIndex | None:
+def _open_index(args: argparse.Namespace) -> tuple[SpoolIndex, Config] | None:
     config = load_config_or_report(args)
     if config is None:
         return None
@@ -23,7 +23,7 @@ def _open_index(args: argparse.Namespace) -> SpoolIndex | None:
     if not path.exists():
         print(f"no spool at {config.cache_dir}: the router has not stored anything there yet", file=sys.stderr)
         return None
-    return SpoolIndex(path, durable=True)
+    return SpoolIndex(path, durable=True), config
 
 
 def _when(timestamp: float | None) -> str:
@@ -32,39 +32,48 @@ def _when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _selection(args: argparse.Namespace, allowed: tuple[str, ...] = STATES) -> reports.Selection:
+    states = tuple(s.strip() for s in (args.state or "").split(",") if s.strip())
+    for state in states:
+        if state not in allowed:
+            raise UsageError(f"invalid state {state!r}; use one of {', '.join(allowed)}")
+    return reports.Selection(states, args.node, args.study)
+
+
 def stats_command(args: argparse.Namespace) -> int:
-    index = _open_index(args)
-    if index is None:
+    opened = _open_index(args)
+    if opened is None:
         return 1
-    stats = index.stats()
+    index, _ = opened
+    result = reports.stats(index)
     index.close()
     if args.format == "json":
-        print_json(stats)
+        print_json(result)
         return 0
-    nodes = stats["nodes"]
+    nodes = result["nodes"]
     if not nodes:
         print("no deliveries")
     for node, states in nodes.items():
         counts = ", ".join(f"{state} {states[state]}" for state in STATES if state in states)
-        oldest = stats["oldest_pending"].get(node)
+        oldest = result["oldest_pending"].get(node)
         age = f"; oldest pending {time.time() - oldest:.0f} s" if oldest else ""
         print(f"{node}: {counts}{age}")
-    unrouted = stats["instances"].get("unrouted", 0)
+    unrouted = result["instances"].get("unrouted", 0)
     if unrouted:
         print(f"unrouted instances: {unrouted} (see: capacitor queue list --unrouted)")
     return 0
 
 
 def list_command(args: argparse.Namespace) -> int:
-    if args.state and args.state not in STATES:
-        raise UsageError(f"unknown state {args.state!r}; use one of {', '.join(STATES)}")
-    index = _open_index(args)
-    if index is None:
+    selection = _selection(args)
+    opened = _open_index(args)
+    if opened is None:
         return 1
+    index, _ = opened
     if args.unrouted:
-        rows = index.list_unrouted(args.limit)
+        rows = reports.list_unrouted(index, args.limit)
     else:
-        rows = index.list_deliveries(args.state, args.node, args.study, args.limit)
+        rows = reports.list_deliveries(index, selection, args.limit)
     index.close()
     if args.format == "json":
         print_json(rows)
@@ -88,28 +97,33 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def retry_command(args: argparse.Namespace) -> int:
-    states = [args.state] if args.state else list(RETRYABLE)
-    for state in states:
-        if state not in RETRYABLE:
-            raise UsageError(f"cannot retry state {state!r}; use one of {', '.join(RETRYABLE)}")
-    index = _open_index(args)
-    if index is None:
+    selection = _selection(args, reports.RETRYABLE)
+    if not selection.states:
+        selection = reports.Selection(reports.RETRYABLE, selection.node, selection.study)
+    opened = _open_index(args)
+    if opened is None:
         return 1
-    clauses = [f"state IN ({','.join('?' * len(states))})"]
-    values: list[object] = list(states)
-    if args.node:
-        clauses.append("node = ?")
-        values.append(args.node)
-    if args.study:
-        clauses.append("instance_id IN (SELECT id FROM instances WHERE study_uid = ?)")
-        values.append(args.study)
-    now = time.time()
-    with index.transaction() as db:
-        cursor = db.execute(
-            f"UPDATE deliveries SET state = ?, next_attempt_at = ?, updated_at = ? WHERE {' AND '.join(clauses)}",
-            (PENDING_STATES[0], now, now, *values),
-        )
-        count = cursor.rowcount
+    index, _ = opened
+    count = reports.retry(index, selection)
     index.close()
-    print(f"{count} delivery(ies) queued again")
+    print(f"{count} delivery(ies) queued again; a running router sends them within a few seconds")
+    return 0
+
+
+def purge_command(args: argparse.Namespace) -> int:
+    selection = _selection(args)
+    if not (selection.states or selection.node or selection.study or args.unrouted or args.all):
+        raise UsageError("purge needs --state, --node, --study, --unrouted or --all")
+    opened = _open_index(args)
+    if opened is None:
+        return 1
+    index, config = opened
+    if args.unrouted:
+        count = reports.purge_unrouted(index, config.cache_dir)
+        index.close()
+        print(f"{count} unrouted instance(s) deleted")
+        return 0
+    deliveries, files = reports.purge(index, selection, config.cache_dir)
+    index.close()
+    print(f"{deliveries} delivery(ies) purged, {files} file(s) deleted")
     return 0

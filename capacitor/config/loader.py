@@ -75,6 +75,20 @@ def parse_size(value: int | str) -> int:
     return int(float(number) * _SIZE_UNITS[(unit or "").upper()])
 
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: int | float | str) -> float:
+    """Return `value` in seconds; text takes a unit such as ``90s``, ``15m``, ``24h`` or ``7d``."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", value)
+    if not match:
+        raise ValueError(f"invalid duration {value!r}: expected seconds or a number with s, m, h or d")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit]
+
+
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, value in flat.items():
@@ -299,10 +313,7 @@ def load_config(
     origins = [str(data_dir / CONFIG_FILE)] * len(file_nodes) + [str(data_dir / NODES_FILE)] * len(extra_nodes)
     all_nodes = file_nodes + extra_nodes
     findings += _node_findings(all_nodes, origins)
-    try:
-        parse_size(effective["minFreeSpace"])
-    except ValueError as exc:
-        findings.append(Finding(sources["minFreeSpace"], 0, 0, f"minFreeSpace: {exc}"))
+    findings += _value_findings(effective, sources, all_nodes, origins)
     if findings:
         raise ConfigError(findings)
 
@@ -325,6 +336,41 @@ def load_config(
         sources["cachePath"] = "--cache"
         effective["cachePath"] = str(cache)
     return Config(data_dir, cache, rules_dir, effective, sources, directory)
+
+
+def _value_findings(
+    effective: dict[str, Any], sources: dict[str, str], nodes: list[Node], origins: list[str]
+) -> list[Finding]:
+    """Check values whose form the schema cannot express: sizes, schedules, syntaxes."""
+    from pydicom.uid import UID
+
+    from capacitor.scu.schedule import ScheduleError, parse_schedule
+
+    findings = []
+
+    def check(label: str, key: str, test: Any) -> None:
+        try:
+            test()
+        except ValueError as exc:
+            findings.append(Finding(_origin_of(label), 0, 0, f"{key}: {exc}"))
+
+    check(sources["minFreeSpace"], "minFreeSpace", lambda: parse_size(effective["minFreeSpace"]))
+    for key in ("processDelay", "expiryThreshold", "duplicateThreshold"):
+        check(sources[key], key, lambda key=key: parse_duration(effective[key]))
+    check(sources["processSchedule"], "processSchedule", lambda: parse_schedule(effective["processSchedule"]))
+
+    def known_syntax(uid: str) -> None:
+        if uid and not UID(uid).is_transfer_syntax:
+            raise ValueError(f"{uid} is not a transfer syntax UID pydicom knows, such as 1.2.840.10008.1.2.1")
+
+    check(sources["defaultTransferSyntax"], "defaultTransferSyntax", lambda: known_syntax(effective["defaultTransferSyntax"]))
+    for node, origin in zip(nodes, origins):
+        try:
+            parse_schedule(node.process_schedule)
+            known_syntax(node.transfer_syntax or "")
+        except (ScheduleError, ValueError) as exc:
+            findings.append(Finding(origin, 0, 0, f"node {node.ae_title}: {exc}"))
+    return findings
 
 
 def _origin_of(label: str) -> str:

@@ -77,12 +77,14 @@ class Negotiator:
         rejected_syntaxes: Callable[[], Collection[str]],
         service: str = "Store SCP",
         extra_contexts: Callable[[], list[PresentationContext]] | None = None,
+        max_associations: Callable[[], int] | None = None,
     ) -> None:
         self.resolve_called = resolve_called
         self.accept_unknown = accept_unknown
         self.rejected_syntaxes = rejected_syntaxes
         self.service = service
         self.extra_contexts = extra_contexts
+        self.max_associations = max_associations
         self._peers: weakref.WeakKeyDictionary[Association, Peer] = weakref.WeakKeyDictionary()
         self._private: weakref.WeakKeyDictionary[Association, list[str]] = weakref.WeakKeyDictionary()
 
@@ -129,6 +131,9 @@ class Negotiator:
         called = str(request.called_ae_title).strip(" ")
         address = assoc.requestor.address
 
+        if self._too_many(assoc, calling, address):
+            _reject(assoc, REJECT_BUSY)
+            return
         if not printable_ae(calling):
             LOGGER.warning(
                 "%s: rejected association from %s: calling AE title %r is not valid",
@@ -155,6 +160,25 @@ class Negotiator:
         contexts, private = self._contexts_for(request.presentation_context_definition_list)
         assoc.acceptor.supported_contexts = contexts
         self._private[assoc] = private
+
+    def _too_many(self, assoc: Association, calling: str, address: str) -> bool:
+        """Return whether accepting `assoc` would exceed maxAssociations, logging why."""
+        if self.max_associations is None:
+            return False
+        limit = self.max_associations()
+        active = sum(1 for other in assoc.ae.active_associations if other.is_acceptor)
+        if active <= limit:
+            return False
+        LOGGER.warning(
+            "%s: rejected association from %s (%s): %d associations are open and "
+            "maxAssociations is %d (A-ASSOCIATE-RJ transient, local limit exceeded)",
+            self.service,
+            calling,
+            address,
+            active - 1,
+            limit,
+        )
+        return True
 
     def on_accepted(self, event: evt.Event) -> None:
         """Route C-STORE on private SOP classes to the storage service.

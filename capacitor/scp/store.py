@@ -25,7 +25,7 @@ from capacitor.errors import SpoolError
 from capacitor.netutil import set_nodelay
 from capacitor.rules.saving import save_copies
 from capacitor.rules.values import RuleContext
-from capacitor.scp import receive
+from capacitor.scp import duplicates, receive
 from capacitor.scp.negotiation import Negotiator, Peer
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
@@ -35,6 +35,7 @@ LOGGER = logging.getLogger(__name__)
 # C-STORE statuses, PS3.4 Annex B.2.3.
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.1: failure, the instance was received before
 CANNOT_UNDERSTAND = 0xC210
 
 _MAX_COMMENT = 64  # ErrorComment is LO: at most 64 characters
@@ -68,6 +69,7 @@ class StoreSCP:
             self._resolve_called,
             lambda: bool(self.state().config["acceptUnknownSopClasses"]),
             lambda: self.state().config["rejectAbstractSyntaxes"],
+            max_associations=lambda: int(self.state().config["maxAssociations"]),
         )
         receive.install(spool.incoming)
 
@@ -86,7 +88,8 @@ class StoreSCP:
         config = self.state().config
         ae = AE(ae_title=config["myAeTitle"])
         ae.require_called_aet = False
-        ae.maximum_associations = config["maxAssociations"]
+        # The negotiator applies maxAssociations and logs why; this is a backstop.
+        ae.maximum_associations = max(int(config["maxAssociations"]) + 1, 1000)
         ae.maximum_pdu_size = config["maxPduSize"]
         ae.acse_timeout = config["acseTimeoutSeconds"]
         ae.dimse_timeout = config["dimseTimeoutSeconds"]
@@ -172,6 +175,27 @@ class StoreSCP:
                 sop_instance_uid,
             )
 
+        verdict = duplicates.judge(self.spool, config, sop_instance_uid, received)
+        if verdict.action == "reject":
+            LOGGER.warning(
+                "Rejected %s from %s with status 0x0111: SOP Instance UID %s (duplicateBehavior reject)",
+                sop_instance_uid,
+                peer.calling_ae,
+                verdict.reason,
+            )
+            return failure(DUPLICATE_SOP_INSTANCE, "Duplicate SOP Instance: received before")
+        if verdict.action == "discard":
+            LOGGER.info(
+                "Discarded %s from %s: %s (duplicateBehavior discardIdentical)",
+                sop_instance_uid,
+                peer.calling_ae,
+                verdict.reason,
+            )
+            return SUCCESS
+        if verdict.reason:
+            log = LOGGER.warning if verdict.reason.startswith("differs") else LOGGER.info
+            log("Instance %s from %s: %s", sop_instance_uid, peer.calling_ae, verdict.reason)
+
         destinations, dropped_by, matched, saves = self._route(state, dataset, peer)
         if saves:
             save_copies(received, saves, config.data_dir, sop_instance_uid)
@@ -192,6 +216,7 @@ class StoreSCP:
             "calling_ip": peer.calling_ip,
             "size": received.stat().st_size,
             "received_at": time.time(),
+            "content_hash": verdict.digest,
         }
         try:
             self.spool.store(received, fields, destinations)

@@ -12,60 +12,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
-from pynetdicom.association import Association
-from pynetdicom.pdu_primitives import MaximumLengthNotification
-from pynetdicom.presentation import PresentationContext
-
+from capacitor.config.loader import parse_duration
 from capacitor.config.nodes import STORAGE, Node
-from capacitor.scu.gate import install_gate
-from capacitor.scu.outcome import Outcome, backoff_delay, classify
-from capacitor.scu.prepare import Prepared, prepare
-from capacitor.spool.index import FAILED, RETRYING, Delivery
+from capacitor.scu.association import Outbound, Pair, contexts_for, open_association
+from capacitor.scu.batch import claim_order, order_batch
+from capacitor.scu.outcome import Outcome, backoff_delay
+from capacitor.scu.schedule import parse_schedule
+from capacitor.scu.sender import Sender, wanted_syntax
+from capacitor.spool.index import EXPIRED, RETRYING, Delivery
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
 
 LOGGER = logging.getLogger(__name__)
 
-UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
-# pynetdicom may propose at most 128 presentation contexts (PS3.8 9.3.2.2).
-MAX_CONTEXTS = 128
-# PDU size used when a destination advertises 0 (no limit) or more than this.
-SEND_PDU_CAP = 1 << 20
-# Instances claimed per association run.
-DEFAULT_BATCH = 100
-
-Pair = tuple[str, str]  # (SOP Class UID, Transfer Syntax UID)
-
-
-def cap_peer_pdu(assoc: Association, cap: int = SEND_PDU_CAP) -> None:
-    """Bound the fragment size used toward the peer.
-
-    A peer that advertises a Maximum Length of 0 accepts PDUs of any size.
-    Sending a whole instance as one PDU would need it whole in memory, so
-    SEND_PDU_CAP is used instead. A smaller advertised value is honoured.
-    """
-    for item in assoc.acceptor.user_information:
-        if isinstance(item, MaximumLengthNotification):
-            advertised = item.maximum_length_received or 0
-            if advertised == 0 or advertised > cap:
-                item.maximum_length_received = cap
-
-
-@dataclass
-class _Open:
-    """An outbound association and the context pairs it was proposed with."""
-
-    assoc: Association
-    node: Node
-    proposed: set[Pair]
-    last_used: float
+# Longest sleep of an idle worker; queue changes made by another process
+# (capacitor queue retry) are seen within this time.
+_POLL_SECONDS = 5.0
+# How often a worker marks deliveries older than expiryThreshold expired.
+_EXPIRY_CHECK_SECONDS = 60.0
+# How often records of delivered instances older than storageReceiptExpiryHours are deleted.
+_RECEIPT_CHECK_SECONDS = 600.0
 
 
 class DestinationWorker(threading.Thread):
@@ -76,11 +43,13 @@ class DestinationWorker(threading.Thread):
         self.node_name = node_name
         self.manager = manager
         self.spool = manager.spool
+        self.sender = Sender(manager.spool)
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.blocked_until = 0.0
         self.connect_failures = 0
-        self.current: _Open | None = None
+        self.current: Outbound | None = None
+        self._next_expiry_check = 0.0
 
     # loop
 
@@ -108,17 +77,39 @@ class DestinationWorker(threading.Thread):
             )
             self.blocked_until = time.time() + 60
             return
-        batch = self.spool.index.claim(self.node_name, self._batch_size(node))
+        self._expire(state, now)
+        schedule = parse_schedule(node.process_schedule or state.config["processSchedule"])
+        if not schedule.is_open():
+            self._close()
+            opens = schedule.next_open().timestamp()
+            LOGGER.debug("Deliveries to %s wait for the schedule %r", self.node_name, schedule.text)
+            self._sleep(opens - time.time())
+            return
+        batch = self.spool.index.claim(self.node_name, _batch_size(state, node), order=claim_order(state, node))
         if not batch:
             self._idle(state)
             return
+        batch = order_batch(state, node, batch, self.spool)
         self._deliver(state, node, batch)
 
-    def _batch_size(self, node: Node) -> int:
-        return node.batch_size if node.batch_size else DEFAULT_BATCH
+    def _expire(self, state: RouterState, now: float) -> None:
+        if now < self._next_expiry_check:
+            return
+        self._next_expiry_check = now + _EXPIRY_CHECK_SECONDS
+        threshold = parse_duration(state.config["expiryThreshold"])
+        if threshold <= 0:
+            return
+        expired = self.spool.index.expire(self.node_name, now - threshold, str(state.config["expiryThreshold"]))
+        if expired:
+            LOGGER.warning(
+                "%d delivery(ies) to %s expired: not delivered within expiryThreshold %s",
+                expired,
+                self.node_name,
+                state.config["expiryThreshold"],
+            )
 
     def _sleep(self, seconds: float) -> None:
-        self.wake.wait(timeout=max(0.0, min(seconds, 60.0)))
+        self.wake.wait(timeout=max(0.01, min(seconds, _POLL_SECONDS)))
         self.wake.clear()
 
     def _idle(self, state: RouterState) -> None:
@@ -126,216 +117,123 @@ class DestinationWorker(threading.Thread):
         if self.current is not None and time.time() - self.current.last_used >= idle_limit:
             self._close()
         due = self.spool.index.next_due(self.node_name)
-        wait = 60.0 if due is None else due - time.time()
+        wait = _POLL_SECONDS if due is None else due - time.time()
         if self.current is not None:
             wait = min(wait, idle_limit)
-        self._sleep(max(wait, 0.01))
+        self._sleep(wait)
 
     # delivery
 
     def _deliver(self, state: RouterState, node: Node, batch: list[Delivery]) -> None:
-        pairs = _needed_pairs(batch)
-        assoc = self._association(state, node, pairs, batch)
-        if assoc is None:
+        calling_ae = batch[0].calling_ae if node.impersonate else state.config["myAeTitle"]
+        outbound, batch, unfitted = self._association(state, node, calling_ae, batch)
+        if unfitted:
+            self.spool.index.release(d.id for d in unfitted)
+        if outbound is None:
             return
-        accepted = {
-            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
-        }
         results: list[tuple[Delivery, Outcome, float]] = []
         unsent: list[Delivery] = []
         for delivery in batch:
-            if self.stopping.is_set() or not assoc.is_established:
+            if self.stopping.is_set() or not outbound.usable:
                 unsent.append(delivery)
                 continue
             started = time.monotonic()
-            outcome = self._send(state, node, assoc, delivery, accepted)
+            outcome = self.sender.send(state, node, outbound, delivery)
             results.append((delivery, outcome, time.monotonic() - started))
-        if self.current is not None:
-            self.current.last_used = time.time()
-        if not assoc.is_established:
+        if not outbound.usable:
             self._close(abort=True)
         self._record(state, node, results)
         if unsent:
             self.spool.index.release(d.id for d in unsent)
 
     def _association(
-        self, state: RouterState, node: Node, pairs: list[Pair], batch: list[Delivery]
-    ) -> Association | None:
+        self, state: RouterState, node: Node, calling_ae: str, batch: list[Delivery]
+    ) -> tuple[Outbound | None, list[Delivery], list[Delivery]]:
+        """Return a usable association for `batch`, the deliveries it covers, and the rest."""
+        wanted = {d.sop_class_uid: set() for d in batch}  # type: dict[str, set[str]]
+        for delivery in batch:
+            syntax = wanted_syntax(state, node, delivery.transfer_syntax)
+            wanted[delivery.sop_class_uid].update((syntax, delivery.transfer_syntax))
+        needed: set[Pair] = {(cls, s) for cls, syntaxes in wanted.items() for s in syntaxes}
+
         current = self.current
         if (
             current is not None
-            and current.assoc.is_established
+            and current.usable
             and current.node == node
-            and set(pairs) <= current.proposed
+            and current.calling_ae == calling_ae
+            and needed <= current.proposed
         ):
-            return current.assoc
+            return current, batch, []
         self._close()
 
-        contexts = _contexts_for(pairs)
-        assoc = self._open(state, node, contexts)
-        if assoc is None:
-            self.connect_failures += 1
-            delay = backoff_delay(
-                self.connect_failures,
-                float(state.config["retryInitialDelaySeconds"]),
-                float(state.config["retryMaxDelaySeconds"]),
-            )
-            self.blocked_until = time.time() + delay
-            error = f"association with {node.ae_title} at {node.address} failed"
-            LOGGER.warning(
-                "Cannot deliver %d instance(s) to %s at %s: association failed; "
-                "next try in %.0f s",
-                len(batch),
-                node.ae_title,
-                node.address,
-                delay,
-            )
-            self.spool.index.record_outcomes(
-                (d.id, RETRYING, None, error, self.blocked_until) for d in batch
-            )
-            return None
+        ordered = [(cls, tuple(sorted(syntaxes))) for cls, syntaxes in wanted.items()]
+        contexts, fitted = contexts_for(ordered)
+        covered = [d for d in batch if d.sop_class_uid in fitted]
+        rest = [d for d in batch if d.sop_class_uid not in fitted]
+        proposed = {pair for pair in needed if pair[0] in fitted}
+        outbound = open_association(state.config, node, calling_ae, contexts, proposed)
+        if outbound is None:
+            self._association_failed(state, node, covered)
+            return None, [], rest
         self.connect_failures = 0
-        self.current = _Open(assoc, node, set(pairs), time.time())
-        return assoc
+        self.current = outbound
+        return outbound, covered, rest
 
-    def _open(self, state: RouterState, node: Node, contexts: list[PresentationContext]) -> Association | None:
-        config = state.config
-        ae = AE(ae_title=config["myAeTitle"])
-        ae.connection_timeout = float(config["connectTimeoutSeconds"])
-        ae.acse_timeout = float(config["acseTimeoutSeconds"])
-        ae.dimse_timeout = float(config["dimseTimeoutSeconds"])
-        ae.network_timeout = float(config["dimseTimeoutSeconds"])
-        ae.maximum_pdu_size = config["maxPduSize"]
-        assert node.host is not None and node.port is not None
-        assoc = ae.associate(
-            node.host,
-            node.port,
-            contexts=contexts,
-            ae_title=node.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, install_gate)],
+    def _association_failed(self, state: RouterState, node: Node, batch: list[Delivery]) -> None:
+        self.connect_failures += 1
+        delay = backoff_delay(
+            self.connect_failures,
+            float(state.config["retryInitialDelaySeconds"]),
+            float(state.config["retryMaxDelaySeconds"]),
         )
-        if not assoc.is_established:
-            return None
-        cap_peer_pdu(assoc)
-        return assoc
-
-    def _send(self, state: RouterState, node: Node, assoc: Association, delivery: Delivery, accepted: set[Pair]) -> Outcome:
-        if not self.spool.absolute(delivery.file).exists():
-            return Outcome(FAILED, None, f"spool file {delivery.file} is missing")
-        try:
-            prepared = prepare(state, self.spool, node, delivery)
-        except Exception as exc:  # noqa: BLE001 - a rule failing on one instance fails only that delivery
-            LOGGER.exception("Preparing %s for %s failed", delivery.sop_instance_uid, node.ae_title)
-            return Outcome(FAILED, None, f"preparing the instance failed: {exc}")
-        try:
-            return self._send_prepared(assoc, delivery, prepared, accepted)
-        finally:
-            if prepared.temporary:
-                prepared.path.unlink(missing_ok=True)
-
-    def _send_prepared(self, assoc: Association, delivery: Delivery, prepared: Prepared, accepted: set[Pair]) -> Outcome:
-        path = prepared.path
-        pair = (delivery.sop_class_uid, prepared.transfer_syntax)
-        try:
-            if pair in accepted:
-                response = assoc.send_c_store(path)
-            else:
-                dataset = self._convertible(delivery, prepared.transfer_syntax, accepted, path)
-                if dataset is None:
-                    return classify_unaccepted(delivery, assoc)
-                response = assoc.send_c_store(dataset)
-        except (ValueError, AttributeError, OSError) as exc:
-            return Outcome(RETRYING if isinstance(exc, OSError) else FAILED, None, f"cannot send: {exc}")
-        except RuntimeError as exc:
-            return Outcome(RETRYING, None, f"association lost: {exc}")
-        status = response.get("Status") if response is not None else None
-        comment = response.get("ErrorComment") if response is not None else None
-        if status is None and not assoc.is_established:
-            return Outcome(RETRYING, None, "association aborted or timed out before a response")
-        return classify(None if status is None else int(status), str(comment) if comment else None)
-
-    def _convertible(self, delivery: Delivery, syntax: str, accepted: set[Pair], path: Path) -> Dataset | None:
-        """Return the dataset to re-encode for an accepted uncompressed syntax, or None."""
-        if syntax not in UNCOMPRESSED:
-            return None
-        for other in UNCOMPRESSED:
-            if (delivery.sop_class_uid, other) in accepted:
-                dataset = dcmread(path)
-                dataset.file_meta.TransferSyntaxUID = UID(syntax)
-                return dataset
-        return None
+        self.blocked_until = time.time() + delay
+        error = f"association with {node.ae_title} at {node.address} failed"
+        LOGGER.warning(
+            "Cannot deliver %d instance(s) to %s at %s: association failed; next try in %.0f s",
+            len(batch),
+            node.ae_title,
+            node.address,
+            delay,
+        )
+        self.spool.index.record_outcomes((d.id, RETRYING, None, error, self.blocked_until) for d in batch)
 
     def _record(self, state: RouterState, node: Node, results: list[tuple[Delivery, Outcome, float]]) -> None:
         if not results:
             return
         config = state.config
+        threshold = parse_duration(config["expiryThreshold"])
         rows = []
         now = time.time()
         for delivery, outcome, seconds in results:
             next_at = now
+            recorded = outcome
             if outcome.state == RETRYING:
+                if threshold > 0 and now - delivery.received_at > threshold:
+                    recorded = Outcome(EXPIRED, outcome.status, f"{outcome.error}; expired after {config['expiryThreshold']}")
                 next_at = now + backoff_delay(
                     delivery.attempts + 1,
                     float(config["retryInitialDelaySeconds"]),
                     float(config["retryMaxDelaySeconds"]),
                 )
-            rows.append((delivery.id, outcome.state, outcome.status, outcome.error, next_at))
-            _log_outcome(delivery, node, outcome, seconds, config["myAeTitle"])
+            rows.append((delivery.id, recorded.state, recorded.status, recorded.error, next_at))
+            _log_outcome(delivery, node, recorded, seconds)
         self.spool.index.record_outcomes(rows)
         self.spool.discard_delivered([d.instance_id for d, o, _ in results if o.delivered])
 
     def _close(self, abort: bool = False) -> None:
         current, self.current = self.current, None
-        if current is None:
-            return
-        try:
-            if abort or not current.assoc.is_established:
-                current.assoc.abort()
-            else:
-                current.assoc.release()
-        except Exception as exc:  # noqa: BLE001 - closing must never raise
-            LOGGER.debug("Closing association with %s failed: %s", current.node.ae_title, exc)
+        if current is not None:
+            current.close(abort)
 
 
-def classify_unaccepted(delivery: Delivery, assoc: Association) -> Outcome:
-    """Outcome for an instance whose SOP class or transfer syntax the destination refused."""
-    offered = [
-        str(cx.transfer_syntax[0])
-        for cx in assoc.accepted_contexts
-        if str(cx.abstract_syntax) == delivery.sop_class_uid
-    ]
-    if not offered:
-        message = f"destination did not accept SOP class {delivery.sop_class_uid}"
-    else:
-        message = (
-            f"destination accepts {delivery.sop_class_uid} only as {', '.join(offered)}, "
-            f"not {delivery.transfer_syntax}, and no conversion is available"
-        )
-    return Outcome(FAILED, None, message)
+def _batch_size(state: RouterState, node: Node) -> int:
+    """Instances per association run; 0 (a whole series) is handled by the claim order."""
+    size = node.batch_size if node.batch_size is not None else int(state.config["batchSize"])
+    return size if size > 0 else 1
 
 
-def _needed_pairs(batch: Iterable[Delivery]) -> list[Pair]:
-    return list(dict.fromkeys((d.sop_class_uid, d.transfer_syntax) for d in batch))
-
-
-def _contexts_for(pairs: list[Pair]) -> list[PresentationContext]:
-    """Propose each (class, syntax) exactly, plus an uncompressed fallback per class."""
-    contexts: list[PresentationContext] = []
-    fallback_added: set[str] = set()
-    for sop_class, syntax in pairs:
-        if len(contexts) >= MAX_CONTEXTS:
-            break
-        contexts.append(build_context(sop_class, [syntax]))
-        if sop_class not in fallback_added and len(contexts) < MAX_CONTEXTS:
-            fallback_added.add(sop_class)
-            if syntax not in UNCOMPRESSED:
-                continue
-            others = [s for s in UNCOMPRESSED if s != syntax]
-            contexts.append(build_context(sop_class, others))
-    return contexts
-
-
-def _log_outcome(delivery: Delivery, node: Node, outcome: Outcome, seconds: float, my_ae: str) -> None:
+def _log_outcome(delivery: Delivery, node: Node, outcome: Outcome, seconds: float) -> None:
     attempts = delivery.attempts + 1
     if outcome.delivered:
         status = "0x0000" if outcome.status in (None, 0) else f"0x{outcome.status:04X}"
@@ -377,6 +275,35 @@ class DeliveryManager:
     def start(self) -> None:
         self.spool.on_commit = self.notify
         self.notify(self.spool.index.nodes_with_pending())
+        threading.Thread(target=self._watch_queue, name="queue-watch", daemon=True).start()
+
+    def _watch_queue(self) -> None:
+        """Start workers for deliveries queued by another process (capacitor queue retry)."""
+        next_receipt_check = 0.0
+        while not self._stopped:
+            time.sleep(_POLL_SECONDS)
+            if time.monotonic() >= next_receipt_check:
+                next_receipt_check = time.monotonic() + _RECEIPT_CHECK_SECONDS
+                self._forget_receipts()
+            try:
+                nodes = self.spool.index.nodes_with_pending()
+            except Exception as exc:  # noqa: BLE001 - the next poll tries again
+                LOGGER.warning("Reading the queue failed: %s", exc)
+                continue
+            with self._lock:
+                missing = [n for n in nodes if n not in self.workers or not self.workers[n].is_alive()]
+            if missing:
+                self.notify(missing)
+
+    def _forget_receipts(self) -> None:
+        hours = float(self.state().config["storageReceiptExpiryHours"])
+        try:
+            removed = self.spool.index.forget_receipts(time.time() - hours * 3600)
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            LOGGER.warning("Deleting old delivery records failed: %s", exc)
+            return
+        if removed:
+            LOGGER.info("Deleted %d delivery record(s) older than %g hours", removed, hours)
 
     def notify(self, nodes: Iterable[str]) -> None:
         with self._lock:

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ip TEXT NOT NULL DEFAULT '',
     size INTEGER NOT NULL DEFAULT 0,
     received_at REAL NOT NULL,
-    status TEXT NOT NULL
+    status TEXT NOT NULL,
+    content_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_sop ON instances (sop_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
@@ -70,7 +71,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (node, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries (instance_id);
+CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (state, delivered_at);
 """
+
+# Columns added after the first release, with their definitions, for older spools.
+_ADDED_COLUMNS = {"instances": {"content_hash": "TEXT"}}
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class InstanceRecord:
     calling_ip: str
     size: int
     received_at: float
+    content_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,72 @@ class Delivery:
     called_ae: str = ""
     calling_ip: str = ""
     study_uid: str = ""
+
+
+_CLAIM_SELECT = (
+    "SELECT d.id, d.instance_id, d.node, d.attempts, i.file, i.sop_instance_uid,"
+    " i.sop_class_uid, i.transfer_syntax, i.calling_ae, i.received_at, i.series_uid,"
+    " i.called_ae, i.calling_ip, i.study_uid"
+    " FROM deliveries d JOIN instances i ON i.id = d.instance_id"
+)
+# Most deliveries claimed at once when a batch is a whole series.
+_SERIES_CAP = 10_000
+
+
+@dataclass(frozen=True)
+class ClaimOrder:
+    """How a destination worker's queue is ordered and batched.
+
+    Parameters
+    ----------
+    priorities : tuple of str
+        SOP Class UIDs sent first, in this order (node ``SopClassPriorities``).
+    delay : float
+        Seconds a study must be quiet before its instances are due
+        (``processDelay``); 0 sends at once.
+    delay_limit : float
+        Seconds after a study's first instance at which it is due even if
+        instances still arrive (``processDelay`` x ``processDelayWindowMultiplier``).
+    whole_series : bool
+        A batch is one whole series (``BatchSize`` 0).
+    same_caller : bool
+        A batch holds one calling AE title only (``Impersonate``).
+    """
+
+    priorities: tuple[str, ...] = ()
+    delay: float = 0.0
+    delay_limit: float = 0.0
+    whole_series: bool = False
+    same_caller: bool = False
+
+    def due_clause(self, node: str, now: float) -> tuple[str, list[Any]]:
+        where = "WHERE d.node = ? AND d.state IN (?, ?) AND d.next_attempt_at <= ?"
+        values: list[Any] = [node, *PENDING_STATES, now]
+        if self.delay > 0:
+            # A study is due once quiet for `delay`, or `delay_limit` after it began.
+            where += (
+                " AND (SELECT MIN(MAX(s.received_at) + ?, MIN(s.received_at) + ?)"
+                " FROM instances s WHERE s.study_uid = i.study_uid) <= ?"
+            )
+            values += [self.delay, max(self.delay_limit, self.delay), now]
+        return where, values
+
+    def sort_clause(self) -> tuple[str, list[Any]]:
+        if not self.priorities:
+            return "d.next_attempt_at, d.id", []
+        cases = " ".join(f"WHEN ? THEN {rank}" for rank in range(len(self.priorities)))
+        sql = f"CASE i.sop_class_uid {cases} ELSE {len(self.priorities)} END, d.next_attempt_at, d.id"
+        return sql, list(self.priorities)
+
+    def batch_clause(self, head: Delivery) -> tuple[str, list[Any]]:
+        clauses, values = [], []
+        if self.whole_series:
+            clauses.append("i.series_uid = ?")
+            values.append(head.series_uid)
+        if self.same_caller:
+            clauses.append("i.calling_ae = ?")
+            values.append(head.calling_ae)
+        return " AND ".join(clauses), values
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -131,6 +203,15 @@ class SpoolIndex:
         self._lock = threading.Lock()
         # executescript commits on its own, so it runs outside transaction().
         self.connection().executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        db = self.connection()
+        for table, columns in _ADDED_COLUMNS.items():
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column, definition in columns.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -175,8 +256,8 @@ class SpoolIndex:
         status = ROUTED if nodes else UNROUTED
         cursor = db.execute(
             "INSERT INTO instances (file, sop_instance_uid, sop_class_uid, transfer_syntax,"
-            " study_uid, series_uid, calling_ae, called_ae, calling_ip, size, received_at, status)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " study_uid, series_uid, calling_ae, called_ae, calling_ip, size, received_at, status,"
+            " content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.file,
                 record.sop_instance_uid,
@@ -190,6 +271,7 @@ class SpoolIndex:
                 record.size,
                 record.received_at,
                 status,
+                record.content_hash,
             ),
         )
         instance_id = int(cursor.lastrowid or 0)
@@ -232,25 +314,55 @@ class SpoolIndex:
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def claim(self, node: str, limit: int, now: float | None = None) -> list[Delivery]:
-        """Mark up to `limit` due deliveries to `node` in flight and return them, oldest first."""
+    def claim(self, node: str, limit: int, now: float | None = None, order: ClaimOrder | None = None) -> list[Delivery]:
+        """Mark up to `limit` due deliveries to `node` in flight and return them.
+
+        `order` sets the queue order and what a batch holds: SOP class
+        priorities first, then the time each delivery became due. With
+        ``whole_series``, the batch is every due delivery of the first
+        one's series (`limit` ignored); with ``same_caller``, every delivery
+        in it has the first one's calling AE title.
+        """
         now = time.time() if now is None else now
+        order = order or ClaimOrder()
+        where, values = order.due_clause(node, now)
+        sort, sort_values = order.sort_clause()
         with self.transaction() as db:
             rows = db.execute(
-                "SELECT d.id, d.instance_id, d.node, d.attempts, i.file, i.sop_instance_uid,"
-                " i.sop_class_uid, i.transfer_syntax, i.calling_ae, i.received_at, i.series_uid,"
-                " i.called_ae, i.calling_ip, i.study_uid"
-                " FROM deliveries d JOIN instances i ON i.id = d.instance_id"
-                " WHERE d.node = ? AND d.state IN (?, ?) AND d.next_attempt_at <= ?"
-                " ORDER BY d.next_attempt_at, d.id LIMIT ?",
-                (node, *PENDING_STATES, now, limit),
+                f"{_CLAIM_SELECT} {where} ORDER BY {sort} LIMIT ?", (*values, *sort_values, limit)
             ).fetchall()
+            if rows and (order.whole_series or order.same_caller):
+                head = Delivery(*rows[0])
+                extra, extra_values = order.batch_clause(head)
+                cap = _SERIES_CAP if order.whole_series else limit
+                rows = db.execute(
+                    f"{_CLAIM_SELECT} {where} AND {extra} ORDER BY {sort} LIMIT ?",
+                    (*values, *extra_values, *sort_values, cap),
+                ).fetchall()
             deliveries = [Delivery(*row) for row in rows]
             db.executemany(
                 "UPDATE deliveries SET state = ?, updated_at = ? WHERE id = ?",
                 [(IN_FLIGHT, now, d.id) for d in deliveries],
             )
         return deliveries
+
+    def expire(self, node: str, received_before: float, threshold_text: str) -> int:
+        """Mark pending deliveries of instances received before `received_before` expired."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE deliveries SET state = ?, updated_at = ?, last_error = ? WHERE node = ?"
+                " AND state IN (?, ?) AND instance_id IN"
+                " (SELECT id FROM instances WHERE received_at < ?)",
+                (
+                    EXPIRED,
+                    time.time(),
+                    f"not delivered within expiryThreshold {threshold_text}",
+                    node,
+                    *PENDING_STATES,
+                    received_before,
+                ),
+            )
+            return cursor.rowcount
 
     def record_outcomes(self, outcomes: Iterable[tuple[int, str, int | None, str | None, float]]) -> None:
         """Store outcomes as (delivery id, state, status, error, next attempt time)."""
@@ -296,59 +408,31 @@ class SpoolIndex:
                 "UPDATE instances SET file = NULL WHERE id = ?", [(i,) for i in instance_ids]
             )
 
-    # reporting
+    # housekeeping
 
-    def stats(self) -> dict[str, Any]:
-        db = self.connection()
-        by_node: dict[str, dict[str, int]] = {}
-        for node, state, count in db.execute(
-            "SELECT node, state, COUNT(*) FROM deliveries GROUP BY node, state ORDER BY node"
-        ):
-            by_node.setdefault(node, {})[state] = count
-        oldest = {}
-        for node, received in db.execute(
-            "SELECT d.node, MIN(i.received_at) FROM deliveries d JOIN instances i"
-            " ON i.id = d.instance_id WHERE d.state IN (?, ?, ?) GROUP BY d.node",
-            (*PENDING_STATES, IN_FLIGHT),
-        ):
-            oldest[node] = received
-        instances = dict(db.execute("SELECT status, COUNT(*) FROM instances GROUP BY status").fetchall())
-        return {"nodes": by_node, "oldest_pending": oldest, "instances": instances}
+    def forget_receipts(self, delivered_before: float) -> int:
+        """Delete delivered records older than `delivered_before`, and instances left with none."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM deliveries WHERE state = ? AND delivered_at < ?", (DELIVERED, delivered_before)
+            )
+            removed = cursor.rowcount
+            db.execute(
+                "DELETE FROM instances WHERE file IS NULL AND status = ? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.instance_id = instances.id)",
+                (ROUTED,),
+            )
+        return removed
 
-    def list_deliveries(
-        self,
-        state: str | None = None,
-        node: str | None = None,
-        study: str | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        clauses = []
-        values: list[Any] = []
-        for column, value in (("d.state", state), ("d.node", node), ("i.study_uid", study)):
-            if value:
-                clauses.append(f"{column} = ?")
-                values.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        db = self.connection()
-        db.row_factory = sqlite3.Row
-        try:
-            rows = db.execute(
-                "SELECT d.id, d.node, d.state, d.attempts, d.last_status, d.last_error,"
-                " d.updated_at, d.next_attempt_at, i.sop_instance_uid, i.study_uid, i.calling_ae,"
-                f" i.received_at FROM deliveries d JOIN instances i ON i.id = d.instance_id {where}"
-                " ORDER BY d.id LIMIT ?",
-                (*values, limit),
-            ).fetchall()
-        finally:
-            db.row_factory = None
-        return [dict(row) for row in rows]
-
-    def list_unrouted(self, limit: int = 100) -> list[dict[str, Any]]:
-        db = self.connection()
-        rows = db.execute(
-            "SELECT id, sop_instance_uid, study_uid, calling_ae, called_ae, received_at"
-            " FROM instances WHERE status = ? ORDER BY id LIMIT ?",
-            (UNROUTED, limit),
+    def previous_copies(self, sop_instance_uid: str, since: float) -> list[tuple[int, str | None, str | None]]:
+        """Return (id, file, content hash) of instances with this UID received since `since`."""
+        rows = self.connection().execute(
+            "SELECT id, file, content_hash FROM instances WHERE sop_instance_uid = ? AND received_at >= ?"
+            " ORDER BY id DESC",
+            (sop_instance_uid, since),
         ).fetchall()
-        keys = ("id", "sop_instance_uid", "study_uid", "calling_ae", "called_ae", "received_at")
-        return [dict(zip(keys, row)) for row in rows]
+        return [(int(row[0]), row[1], row[2]) for row in rows]
+
+    def set_content_hash(self, instance_id: int, digest: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE instances SET content_hash = ? WHERE id = ?", (digest, instance_id))
