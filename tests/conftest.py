@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from capacitor.synthetic import make_image, write
-from tests.peers import RouterProcess, Sink
+from tests.peers import Destination, RouterProcess, Sink
 
 
 @pytest.fixture
@@ -60,3 +60,18 @@ def router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     yield create
     for process in routers:
         process.stop()
+
+
+@pytest.fixture
+def destinations() -> Iterator[Callable[..., Destination]]:
+    """Start pynetdicom Storage SCPs that record what they receive; each is stopped after the test."""
+    started: list[Destination] = []
+
+    def start(ae_title: str = "ARCHIVE", **kwargs: Any) -> Destination:
+        destination = Destination(ae_title, **kwargs)
+        started.append(destination)
+        return destination
+
+    yield start
+    for destination in started:
+        destination.stop()

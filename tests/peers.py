@@ -232,3 +232,58 @@ class RouterProcess:
         for node, state, count in rows:
             states.setdefault(node, {})[state] = count
         return states
+
+
+class Destination:
+    """A pynetdicom Storage SCP that records what it receives and answers chosen statuses.
+
+    Parameters
+    ----------
+    syntaxes : list of str
+        Transfer syntaxes it accepts, for every storage SOP class.
+    status : callable, optional
+        Maps the received dataset to the status (an int, or a Dataset with
+        Status and ErrorComment) to answer; 0x0000 when not given.
+    """
+
+    def __init__(self, ae_title: str = "ARCHIVE", syntaxes: list[str] | None = None, status: Any = None, maximum_pdu: int | None = None) -> None:
+        from pynetdicom import AE, StoragePresentationContexts, evt
+
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.received: list[dict[str, Any]] = []
+        self.status = status
+        self.ae = AE(ae_title=ae_title)
+        syntaxes = syntaxes or ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+        for context in StoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, syntaxes)
+        if maximum_pdu is not None:
+            self.ae.maximum_pdu_size = maximum_pdu
+        self.server = self.ae.start_server(
+            (HOST, self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+
+    def _store(self, event: Any) -> Any:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        self.received.append(
+            {
+                "uid": str(dataset.SOPInstanceUID),
+                "syntax": str(event.context.transfer_syntax),
+                "priority": int(event.request.Priority),
+                "calling_ae": event.assoc.requestor.ae_title,
+                "dataset": dataset,
+            }
+        )
+        return self.status(dataset) if self.status else 0x0000
+
+    def uids(self) -> list[str]:
+        return [item["uid"] for item in self.received]
+
+    def node(self, **fields: Any) -> dict[str, Any]:
+        return {"AeTitle": self.ae_title, "HostName": HOST, "Port": self.port, **fields}
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None

@@ -172,3 +172,90 @@ def _status(command: bytes) -> int | None:
             return int(struct.unpack("<H", value)[0])
         offset += 8 + length
     return None
+
+
+def proposed_contexts(rq: bytes) -> list[tuple[int, str, list[str]]]:
+    """Return (context id, abstract syntax, transfer syntaxes) from an A-ASSOCIATE-RQ PDU."""
+    contexts = []
+    offset = 74
+    while offset + 4 <= len(rq):
+        item_type, _, length = struct.unpack(">BBH", rq[offset : offset + 4])
+        body = rq[offset + 4 : offset + 4 + length]
+        if item_type == 0x20:
+            context_id = body[0]
+            abstract, syntaxes = "", []
+            sub = 4
+            while sub + 4 <= len(body):
+                sub_type, _, sub_length = struct.unpack(">BBH", body[sub : sub + 4])
+                value = body[sub + 4 : sub + 4 + sub_length].decode("ascii").rstrip("\x00")
+                if sub_type == 0x30:
+                    abstract = value
+                elif sub_type == 0x40:
+                    syntaxes.append(value)
+                sub += 4 + sub_length
+            contexts.append((context_id, abstract, syntaxes))
+        offset += 4 + length
+    return contexts
+
+
+def associate_ac(rq: bytes, max_length: int = 16384) -> bytes:
+    """Build an A-ASSOCIATE-AC accepting every proposed context in its first syntax."""
+    items = _item(0x10, APPLICATION_CONTEXT)
+    for context_id, _, syntaxes in proposed_contexts(rq):
+        body = struct.pack(">BBBB", context_id, 0, 0, 0) + _item(0x40, _uid(syntaxes[0]))
+        items += _item(0x21, body)
+    items += _item(0x50, _item(0x51, struct.pack(">I", max_length)) + _item(0x52, _uid("2.25.7654321")))
+    body = rq[6:74] + items
+    return struct.pack(">BBI", 0x02, 0, len(body)) + body
+
+
+class MisbehavingServer:
+    """A TCP listener that accepts connections and then misbehaves on purpose.
+
+    ``mode`` is ``"silent"`` (never answers the A-ASSOCIATE-RQ) or
+    ``"stall"`` (accepts the association, then stops reading).
+    """
+
+    def __init__(self, port: int, mode: str) -> None:
+        import threading
+
+        self.mode = mode
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # A small receive buffer makes a stalled peer's window close sooner.
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen(8)
+        self.connections: list[socket.socket] = []
+        self.associations = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            if self.mode == "stall":
+                self._accept_then_stall(connection)
+
+    def _accept_then_stall(self, connection: socket.socket) -> None:
+        connection.settimeout(10)
+        try:
+            header = connection.recv(6, socket.MSG_WAITALL)
+            length = struct.unpack(">I", header[2:6])[0]
+            body = connection.recv(length, socket.MSG_WAITALL)
+            connection.sendall(associate_ac(header + body))
+            self.associations += 1
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            try:
+                connection.close()
+            except OSError:
+                pass

@@ -166,7 +166,12 @@ class Negotiator:
         if self.max_associations is None:
             return False
         limit = self.max_associations()
-        active = sum(1 for other in assoc.ae.active_associations if other.is_acceptor)
+        # Connections still waiting for their A-ASSOCIATE-RQ (port probes) do not count.
+        active = sum(
+            1
+            for other in assoc.ae.active_associations
+            if other.is_acceptor and (other.is_established or other is assoc)
+        )
         if active <= limit:
             return False
         LOGGER.warning(
