@@ -421,3 +421,46 @@ def test_purge_removes_deliveries_and_files(router, sinks, make_files):
     assert purged.returncode == 0, purged.stderr
     assert "2 delivery(ies) purged, 2 file(s) deleted" in purged.stdout
     assert not [p for p in (capacitor.cache / "objects").rglob("*") if p.is_file()]
+
+
+def test_destination_that_never_answers_times_out_and_is_retried(router, destinations, make_files):
+    answered = []
+
+    def status(dataset):
+        answered.append(1)
+        if len(answered) == 1:
+            time.sleep(6)
+        return 0x0000
+
+    pacs = destinations("PACS_A", status=status)
+    capacitor = router({"nodes": [pacs.node()], "dimseTimeoutSeconds": 2})
+
+    assert storescu(capacitor.port, make_files(1), called="PACS_A").returncode == 0
+    wait_until(lambda: states_of(capacitor, "PACS_A") == {"delivered": 1}, 60, "delivered on a new association")
+
+    (record,) = deliveries(capacitor, "PACS_A").values()
+    assert record["attempts"] == 2
+    assert "association aborted or timed out before a response" in capacitor.log_text()
+
+
+def test_low_free_space_answers_out_of_resources(router, sinks, make_files):
+    sink = sinks("ARCHIVE")
+    capacitor = router({"nodes": [sink.node()], "minFreeSpace": "1000000TB"})
+
+    result = storescu(capacitor.port, make_files(1), called="ARCHIVE", extra=("-v",))
+
+    assert "Refused: OutOfResources" in result.stderr
+    assert "below minFreeSpace 1000000TB" in capacitor.log_text()
+    assert capacitor.delivery_states() == {}
+
+
+def test_silent_association_is_aborted_after_network_timeout(router):
+    from pynetdicom import AE
+
+    capacitor = router({"networkTimeoutSeconds": 1})
+    ae = AE(ae_title="IDLE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(HOST, capacitor.port, ae_title="CAPACITOR")
+    assert assoc.is_established
+
+    wait_until(lambda: assoc.is_aborted or not assoc.is_established, 15, "idle association ended by the router")
