@@ -132,6 +132,7 @@ class Outbound:
         self._activity = activity
         self._stall_seconds = stall_seconds
         self._busy = False
+        self._woken = False
         self._closed = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name=f"watch-{node.ae_title}", daemon=True)
         self._watchdog.start()
@@ -171,8 +172,8 @@ class Outbound:
                 unsent = None
                 continue
             if not self.assoc.is_established:
-                if not self.stalled:
-                    self.stalled = True
+                if not self._woken:
+                    self._woken = True
                     self._wake_sender()
                 continue
             queued = _unsent_bytes(self.assoc)
@@ -189,6 +190,7 @@ class Outbound:
                     idle,
                 )
                 self._break_connection()
+                self._woken = True
                 self._wake_sender()
 
     def _break_connection(self) -> None:
