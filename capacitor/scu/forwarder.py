@@ -196,7 +196,13 @@ class DestinationWorker(threading.Thread):
             node.address,
             delay,
         )
-        self.spool.index.record_outcomes((d.id, RETRYING, None, error, self.blocked_until) for d in batch)
+        threshold = parse_duration(state.config["expiryThreshold"])
+        now = time.time()
+        rows = []
+        for delivery in batch:
+            outcome = _expire_if_old(Outcome(RETRYING, None, error), delivery, threshold, state, now)
+            rows.append((delivery.id, outcome.state, None, outcome.error, self.blocked_until))
+        self.spool.index.record_outcomes(rows)
 
     def _record(self, state: RouterState, node: Node, results: list[tuple[Delivery, Outcome, float]]) -> None:
         if not results:
@@ -209,8 +215,7 @@ class DestinationWorker(threading.Thread):
             next_at = now
             recorded = outcome
             if outcome.state == RETRYING:
-                if threshold > 0 and now - delivery.received_at > threshold:
-                    recorded = Outcome(EXPIRED, outcome.status, f"{outcome.error}; expired after {config['expiryThreshold']}")
+                recorded = _expire_if_old(outcome, delivery, threshold, state, now)
                 next_at = now + backoff_delay(
                     delivery.attempts + 1,
                     float(config["retryInitialDelaySeconds"]),
@@ -225,6 +230,14 @@ class DestinationWorker(threading.Thread):
         current, self.current = self.current, None
         if current is not None:
             current.close(abort)
+
+
+def _expire_if_old(outcome: Outcome, delivery: Delivery, threshold: float, state: RouterState, now: float) -> Outcome:
+    """Turn a retry of an instance older than expiryThreshold into expiry."""
+    if threshold > 0 and now - delivery.received_at > threshold:
+        limit = state.config["expiryThreshold"]
+        return Outcome(EXPIRED, outcome.status, f"{outcome.error}; not delivered within expiryThreshold {limit}")
+    return outcome
 
 
 def _batch_size(state: RouterState, node: Node) -> int:
