@@ -25,6 +25,7 @@ class Router:
         self.deliveries = DeliveryManager(self.state, self.spool)
         self.store_scp = StoreSCP(self.state, self.spool)
         self.services = Services(self.state, self.spool)
+        self.store_scp.moves = self.services.moves
         self.stopped = threading.Event()
 
     def state(self) -> RouterState:

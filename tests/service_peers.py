@@ -239,10 +239,12 @@ class RecordingFindSCP:
     rows: list[Dataset] = field(default_factory=list)
     final_status: int = 0x0000
     identifiers: list[bytes] = field(default_factory=list)
+    implicit: list[bool] = field(default_factory=list)
     calling_titles: list[str] = field(default_factory=list)
 
     def handle(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         self.identifiers.append(event.request.Identifier.getvalue())
+        self.implicit.append(event.context.transfer_syntax.is_implicit_VR)
         self.calling_titles.append(event.assoc.requestor.ae_title.strip())
         for row in self.rows:
             yield 0xFF00, row

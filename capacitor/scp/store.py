@@ -25,6 +25,7 @@ from capacitor.netutil import set_nodelay
 from capacitor.rules.values import RuleContext
 from capacitor.scp import receive
 from capacitor.scp.negotiation import Negotiator, Peer
+from capacitor.services.moves import MoveRegistry
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
 
@@ -67,6 +68,8 @@ class StoreSCP:
             lambda: bool(self.state().config["acceptUnknownSopClasses"]),
             lambda: self.state().config["rejectAbstractSyntaxes"],
         )
+        # C-MOVEs routed through the router, whose instances go to their move destination.
+        self.moves: MoveRegistry | None = None
         receive.install(spool.incoming)
 
     # association
@@ -164,11 +167,15 @@ class StoreSCP:
                 sop_instance_uid,
             )
 
-        destinations, dropped_by, matched = self._route(state, dataset, peer)
+        move = self.moves.match(request) if self.moves is not None else None
+        original = move.destination if move is not None else peer.original
+        destinations, dropped_by, matched = self._route(state, dataset, peer, original)
         if dropped_by is not None:
             LOGGER.info(
                 "Dropped %s from %s by rule %r", sop_instance_uid, peer.calling_ae, dropped_by
             )
+            if move is not None:
+                move.add(sop_instance_uid, None)
             return SUCCESS
 
         fields = {
@@ -184,9 +191,11 @@ class StoreSCP:
             "received_at": time.time(),
         }
         try:
-            self.spool.store(received, fields, destinations)
+            instance_id = self.spool.store(received, fields, destinations)
         except (OSError, SpoolError) as exc:
             return self._write_failed(peer, sop_instance_uid, exc)
+        if move is not None:
+            move.add(sop_instance_uid, instance_id)
 
         if destinations:
             LOGGER.info(
@@ -209,9 +218,8 @@ class StoreSCP:
         return SUCCESS
 
     def _route(
-        self, state: RouterState, dataset: Dataset, peer: Peer
+        self, state: RouterState, dataset: Dataset, peer: Peer, original: str | None
     ) -> tuple[list[str], str | None, list[str]]:
-        original = peer.original
         if "route" not in state.config.filters:
             return ([original] if original else []), None, []
         context = RuleContext(peer.calling_ae, peer.called_ae, peer.calling_ip)

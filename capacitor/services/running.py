@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable
 
 from capacitor.services.listener import ServiceListener
+from capacitor.services.moves import MoveRegistry
+from capacitor.services.qr import QueryRetrieveSCP
 from capacitor.services.worklist import WorklistSCP
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
@@ -14,11 +16,13 @@ LOGGER = logging.getLogger(__name__)
 
 
 class Services:
-    """The listeners of one router beside its Store SCP."""
+    """The Worklist, Query/Retrieve and Storage Commitment listeners of one router."""
 
     def __init__(self, state: Callable[[], RouterState], spool: Spool) -> None:
+        self.moves = MoveRegistry()
         self.listeners: list[tuple[str, ServiceListener]] = [
             ("findScpPort", WorklistSCP(state)),
+            ("queryRetrieveScpPort", QueryRetrieveSCP(state, spool, self.moves)),
         ]
         self.state = state
 
