@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from capacitor.services.commitment import CommitmentSCP
 from capacitor.services.listener import ServiceListener
 from capacitor.services.moves import MoveRegistry
 from capacitor.services.qr import QueryRetrieveSCP
@@ -23,6 +24,7 @@ class Services:
         self.listeners: list[tuple[str, ServiceListener]] = [
             ("findScpPort", WorklistSCP(state)),
             ("queryRetrieveScpPort", QueryRetrieveSCP(state, spool, self.moves)),
+            ("storageCommitScpPort", CommitmentSCP(state, spool)),
         ]
         self.state = state
 
