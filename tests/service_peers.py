@@ -274,3 +274,8 @@ def background(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=lambda: box.append(target()), daemon=True)
     thread.start()
     return thread, box
+
+
+def service_router(router: Callable[..., Any], setting: str, config: dict[str, Any], rules: dict[str, str] | None = None) -> Any:
+    """Start a router with the listener `setting` on a free port."""
+    return router({setting: free_port(), **config}, rules)

@@ -16,6 +16,7 @@ from tests.service_peers import (
     context,
     findscu,
     rules_apply_mutations,
+    service_router,
     worklist_item,
 )
 from pynetdicom import evt
@@ -45,10 +46,8 @@ def ris(tmp_path: Path):
     server.stop()
 
 
-def worklist_router(router, nodes, **settings):
-    from tests.peers import free_port
-
-    return router({"findScpPort": free_port(), "nodes": nodes, **settings})
+def worklist_router(router, nodes, rules=None, **settings):
+    return service_router(router, "findScpPort", {"nodes": nodes, **settings}, rules)
 
 
 def accessions(result) -> list[str]:
@@ -177,10 +176,8 @@ def test_impersonate_sets_upstream_calling_title(router, tmp_path, impersonate, 
 
 @pytest.mark.skipif(not rules_apply_mutations(), reason="RuleSet.mutate does not apply mutate rules yet")
 def test_worklist_result_rule_excludes_rows(router, ris, tmp_path):
-    from tests.peers import free_port
-
     rules = 'mutate "hide mr" on worklist_result {\n  when PatientID == "FAKE0002"\n  exclude\n}\n'
-    capacitor = router({"findScpPort": free_port(), "nodes": [ris.node()]}, {"10.rules": rules})
+    capacitor = worklist_router(router, [ris.node()], {"10.rules": rules})
 
     result = findscu(capacitor.config["findScpPort"], "RIS", ALL_QUERY, tmp_path / "out")
 
@@ -189,13 +186,11 @@ def test_worklist_result_rule_excludes_rows(router, ris, tmp_path):
 
 @pytest.mark.skipif(not rules_apply_mutations(), reason="RuleSet.mutate does not apply mutate rules yet")
 def test_worklist_query_rule_changes_forwarded_query(router, tmp_path):
-    from tests.peers import free_port
-
     scp = RecordingFindSCP()
     upstream = PynetdicomPeer("RIS", [context(WORKLIST_FIND)], [(evt.EVT_C_FIND, scp.handle)]).start()
     rules = 'mutate "station" on worklist_query {\n  set PatientID = "FAKE*"\n}\n'
     try:
-        capacitor = router({"findScpPort": free_port(), "nodes": [upstream.node("Worklist")]}, {"10.rules": rules})
+        capacitor = worklist_router(router, [upstream.node("Worklist")], {"10.rules": rules})
         findscu(capacitor.config["findScpPort"], "RIS", CT_QUERY, tmp_path / "out")
     finally:
         upstream.stop()
