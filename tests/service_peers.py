@@ -90,9 +90,13 @@ class WorklistServer:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 ["wlmscpfs", "-dfp", str(self.root), str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=DCMTK_ENV,
             )
-        wait_until(lambda: port_open(self.port), 10, f"wlmscpfs listening on {self.port}")
+        wait_until(
+            lambda: port_open(self.port), 10, f"wlmscpfs listening on {self.port}"
+        )
         return self
 
     def stop(self) -> None:
@@ -101,13 +105,21 @@ class WorklistServer:
             self.process = None
 
     def node(self, **fields: Any) -> dict[str, Any]:
-        return {"AeTitle": self.ae_title, "HostName": HOST, "Port": self.port, "NodeRole": "Worklist", **fields}
+        return {
+            "AeTitle": self.ae_title,
+            "HostName": HOST,
+            "Port": self.port,
+            "NodeRole": "Worklist",
+            **fields,
+        }
 
 
 class Archive:
     """DCMTK dcmqrscp holding the instances given to it, with a table of move destinations."""
 
-    def __init__(self, root: Path, ae_title: str = "PACS", hosts: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, root: Path, ae_title: str = "PACS", hosts: dict[str, int] | None = None
+    ) -> None:
         self.root = root
         self.ae_title = ae_title
         self.db = root / "db"
@@ -122,11 +134,14 @@ class Archive:
         for path in paths:
             target = self.db / path.name
             target.write_bytes(path.read_bytes())
-            subprocess.run(["dcmqridx", str(self.db), str(target)], check=True, capture_output=True)
+            subprocess.run(
+                ["dcmqridx", str(self.db), str(target)], check=True, capture_output=True
+            )
 
     def start(self) -> Archive:
         entries = "\n".join(
-            f"h{number} = ({title}, {HOST}, {port})" for number, (title, port) in enumerate(self.hosts.items())
+            f"h{number} = ({title}, {HOST}, {port})"
+            for number, (title, port) in enumerate(self.hosts.items())
         )
         config = self.root / "dcmqrscp.cfg"
         config.write_text(
@@ -137,10 +152,20 @@ class Archive:
         )
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                ["dcmqrscp", "-c", str(config), "--disable-host-lookup", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV,
+                [
+                    "dcmqrscp",
+                    "-c",
+                    str(config),
+                    "--disable-host-lookup",
+                    str(self.port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=DCMTK_ENV,
             )
-        wait_until(lambda: port_open(self.port), 10, f"dcmqrscp listening on {self.port}")
+        wait_until(
+            lambda: port_open(self.port), 10, f"dcmqrscp listening on {self.port}"
+        )
         return self
 
     def stop(self) -> None:
@@ -149,7 +174,13 @@ class Archive:
             self.process = None
 
     def node(self, **fields: Any) -> dict[str, Any]:
-        return {"AeTitle": self.ae_title, "HostName": HOST, "Port": self.port, "NodeRole": "QueryRetrieve", **fields}
+        return {
+            "AeTitle": self.ae_title,
+            "HostName": HOST,
+            "Port": self.port,
+            "NodeRole": "QueryRetrieve",
+            **fields,
+        }
 
 
 @dataclass
@@ -181,39 +212,79 @@ def findscu(
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("rsp*.dcm"):
         old.unlink()
-    args = ["findscu", "-d", model, "-aet", calling, "-aec", called, "-X", "-od", str(folder), *extra]
+    args = [
+        "findscu",
+        "-d",
+        model,
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        "-X",
+        "-od",
+        str(folder),
+        *extra,
+    ]
     for key in keys:
         args += ["-k", key]
     done = subprocess.run(
-        [*args, HOST, str(port)], capture_output=True, text=True, env=DCMTK_ENV, timeout=120
+        [*args, HOST, str(port)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=120,
     )
     files = sorted(folder.glob("rsp*.dcm"))
-    return FindResult(done.returncode, done.stdout + done.stderr, [pydicom.dcmread(f) for f in files], files)
+    return FindResult(
+        done.returncode,
+        done.stdout + done.stderr,
+        [pydicom.dcmread(f) for f in files],
+        files,
+    )
 
 
-def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def dcmtk(
+    tool: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run a DCMTK tool against 127.0.0.1; return the finished process."""
-    return subprocess.run([tool, *args], capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout)
+    return subprocess.run(
+        [tool, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=timeout,
+    )
 
 
 class PynetdicomPeer:
     """A pynetdicom listener with the given contexts and handlers, stopped after the test."""
 
-    def __init__(self, ae_title: str, contexts: list[Any], handlers: list[tuple[Any, Callable[..., Any]]]) -> None:
+    def __init__(
+        self,
+        ae_title: str,
+        contexts: list[Any],
+        handlers: list[tuple[Any, Callable[..., Any]]],
+    ) -> None:
         self.ae_title = ae_title
         self.port = free_port()
         self.ae = AE(ae_title=ae_title)
         for context in contexts:
             self.ae.add_supported_context(
-                context.abstract_syntax, context.transfer_syntax,
-                scu_role=context.scu_role, scp_role=context.scp_role,
+                context.abstract_syntax,
+                context.transfer_syntax,
+                scu_role=context.scu_role,
+                scp_role=context.scp_role,
             )
         self.ae.require_called_aet = False
         self.handlers = handlers
         self.server: ThreadedAssociationServer | None = None
 
     def start(self) -> PynetdicomPeer:
-        self.server = self.ae.start_server((HOST, self.port), block=False, evt_handlers=self.handlers)
+        self.server = self.ae.start_server(
+            (HOST, self.port), block=False, evt_handlers=self.handlers
+        )
         return self
 
     def stop(self) -> None:
@@ -222,10 +293,18 @@ class PynetdicomPeer:
             self.server = None
 
     def node(self, role: str, **fields: Any) -> dict[str, Any]:
-        return {"AeTitle": self.ae_title, "HostName": HOST, "Port": self.port, "NodeRole": role, **fields}
+        return {
+            "AeTitle": self.ae_title,
+            "HostName": HOST,
+            "Port": self.port,
+            "NodeRole": role,
+            **fields,
+        }
 
 
-def context(uid: str, scu_role: bool | None = None, scp_role: bool | None = None) -> Any:
+def context(
+    uid: str, scu_role: bool | None = None, scp_role: bool | None = None
+) -> Any:
     cx = build_context(uid, UNCOMPRESSED)
     cx.scu_role = scu_role
     cx.scp_role = scp_role
@@ -260,7 +339,10 @@ def rules_apply_mutations() -> bool:
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "probe.rules"
-        path.write_text('mutate "probe" on worklist_result { set PatientID = "CHANGED" }\n', encoding="utf-8")
+        path.write_text(
+            'mutate "probe" on worklist_result { set PatientID = "CHANGED" }\n',
+            encoding="utf-8",
+        )
         rules = load_rules([path], [])
     dataset = Dataset()
     dataset.PatientID = "ORIGINAL"
@@ -276,6 +358,11 @@ def background(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return thread, box
 
 
-def service_router(router: Callable[..., Any], setting: str, config: dict[str, Any], rules: dict[str, str] | None = None) -> Any:
+def service_router(
+    router: Callable[..., Any],
+    setting: str,
+    config: dict[str, Any],
+    rules: dict[str, str] | None = None,
+) -> Any:
     """Start a router with the listener `setting` on a free port."""
     return router({setting: free_port(), **config}, rules)

@@ -9,16 +9,26 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_context, evt
+from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import build_role
 
 from capacitor.synthetic import CT_IMAGE_STORAGE
 from tests.peers import HOST, free_port, storescu, wait_until
-from tests.service_peers import COMMITMENT, COMMITMENT_INSTANCE, PynetdicomPeer, context, service_router
+from tests.service_peers import (
+    COMMITMENT,
+    COMMITMENT_INSTANCE,
+    PynetdicomPeer,
+    context,
+    service_router,
+)
 
 
-def commitment_request(transaction_uid: str | None, uids: list[str] | None, sop_class: str = CT_IMAGE_STORAGE) -> Dataset:
+def commitment_request(
+    transaction_uid: str | None,
+    uids: list[str] | None,
+    sop_class: str = CT_IMAGE_STORAGE,
+) -> Dataset:
     info = Dataset()
     if transaction_uid is not None:
         info.TransactionUID = transaction_uid
@@ -33,7 +43,9 @@ def commitment_request(transaction_uid: str | None, uids: list[str] | None, sop_
     return info
 
 
-def n_action(port: int, called: str, info: Dataset, calling: str = "MOD_CT") -> int | None:
+def n_action(
+    port: int, called: str, info: Dataset, calling: str = "MOD_CT"
+) -> int | None:
     """Send a Storage Commitment N-ACTION, release, and return the response status."""
     ae = AE(ae_title=calling)
     ae.add_requested_context(COMMITMENT)
@@ -51,7 +63,8 @@ class Modality:
         self.reports: list[tuple[int, Dataset]] = []
         self.roles: list[tuple[bool, bool]] = []
         self.peer = PynetdicomPeer(
-            ae_title, [context(COMMITMENT, scu_role=True, scp_role=True)],
+            ae_title,
+            [context(COMMITMENT, scu_role=True, scp_role=True)],
             [(evt.EVT_N_EVENT_REPORT, self.report)],
         )
         self.port = self.peer.port
@@ -72,7 +85,9 @@ class Modality:
 
 
 def uids_of(info: Dataset, sequence: str) -> list[str]:
-    return sorted(str(item.ReferencedSOPInstanceUID) for item in info.get(sequence) or [])
+    return sorted(
+        str(item.ReferencedSOPInstanceUID) for item in info.get(sequence) or []
+    )
 
 
 @pytest.fixture
@@ -88,7 +103,9 @@ def commit_router(router, nodes, **settings):
 
 
 def sop_uids(paths: list[Path]) -> list[str]:
-    return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
+    return [
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths
+    ]
 
 
 def test_commitment_from_delivery_records(router, sinks, make_files, modality):
@@ -97,8 +114,11 @@ def test_commitment_from_delivery_records(router, sinks, make_files, modality):
     sent = make_files(2)
     assert storescu(capacitor.port, sent, called="ARCHIVE").returncode == 0
 
-    status = n_action(capacitor.config["storageCommitScpPort"], "CAPACITOR",
-                      commitment_request("2.25.901", [*sop_uids(sent), "2.25.999"]))
+    status = n_action(
+        capacitor.config["storageCommitScpPort"],
+        "CAPACITOR",
+        commitment_request("2.25.901", [*sop_uids(sent), "2.25.999"]),
+    )
 
     event_type, info = modality.wait_for_report()
     assert status == 0x0000
@@ -116,7 +136,11 @@ def test_instance_only_in_cache_never_committed(router, make_files, modality):
     sent = make_files(1)
     assert storescu(capacitor.port, sent, called="CAPACITOR").returncode == 0
 
-    status = n_action(capacitor.config["storageCommitScpPort"], "CAPACITOR", commitment_request("2.25.902", sop_uids(sent)))
+    status = n_action(
+        capacitor.config["storageCommitScpPort"],
+        "CAPACITOR",
+        commitment_request("2.25.902", sop_uids(sent)),
+    )
 
     event_type, info = modality.wait_for_report()
     assert status == 0x0000
@@ -148,14 +172,30 @@ def test_malformed_request_rejected(router, modality, info):
 def test_pending_report_survives_restart(router, sinks, make_files):
     archive = sinks("ARCHIVE")
     modality = Modality()
-    capacitor = commit_router(router, [archive.node(), modality.node()],
-                              retryInitialDelaySeconds=0.2, retryMaxDelaySeconds=0.5)
+    capacitor = commit_router(
+        router,
+        [archive.node(), modality.node()],
+        retryInitialDelaySeconds=0.2,
+        retryMaxDelaySeconds=0.5,
+    )
     sent = make_files(1)
     assert storescu(capacitor.port, sent, called="ARCHIVE").returncode == 0
-    assert n_action(capacitor.config["storageCommitScpPort"], "CAPACITOR",
-                    commitment_request("2.25.904", sop_uids(sent))) == 0x0000
-    wait_until(lambda: "N-EVENT-REPORT for transaction 2.25.904 to MOD_CT failed" in capacitor.log_text(),
-               30, "a failed report attempt")
+    assert (
+        n_action(
+            capacitor.config["storageCommitScpPort"],
+            "CAPACITOR",
+            commitment_request("2.25.904", sop_uids(sent)),
+        )
+        == 0x0000
+    )
+    wait_until(
+        lambda: (
+            "N-EVENT-REPORT for transaction 2.25.904 to MOD_CT failed"
+            in capacitor.log_text()
+        ),
+        30,
+        "a failed report attempt",
+    )
     capacitor.stop()
 
     modality.peer.start()
@@ -181,17 +221,25 @@ class CommitmentNode:
         self.requests: list[tuple[str, str]] = []
         self.report_status: list[int] = []
         self.peer = PynetdicomPeer(
-            "PACS_A", [context(COMMITMENT, scu_role=True, scp_role=True)], [(evt.EVT_N_ACTION, self.action)]
+            "PACS_A",
+            [context(COMMITMENT, scu_role=True, scp_role=True)],
+            [(evt.EVT_N_ACTION, self.action)],
         )
 
     def action(self, event: evt.Event) -> tuple[int, None]:
         info = event.action_information
-        self.requests.append((str(info.TransactionUID), event.assoc.requestor.ae_title.strip()))
+        self.requests.append(
+            (str(info.TransactionUID), event.assoc.requestor.ae_title.strip())
+        )
         report = self.result(info)
         if self.mode in ("same", "both"):
-            threading.Thread(target=self.report_same, args=(event.assoc, report), daemon=True).start()
+            threading.Thread(
+                target=self.report_same, args=(event.assoc, report), daemon=True
+            ).start()
         if self.mode in ("new", "both"):
-            threading.Thread(target=self.report_new, args=(report,), daemon=True).start()
+            threading.Thread(
+                target=self.report_new, args=(report,), daemon=True
+            ).start()
         return 0x0000, None
 
     def result(self, info: Dataset) -> tuple[int, Dataset]:
@@ -215,16 +263,24 @@ class CommitmentNode:
 
     def report_same(self, assoc, report) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.2)
-        status, _ = assoc.send_n_event_report(report[1], report[0], COMMITMENT, COMMITMENT_INSTANCE)
+        status, _ = assoc.send_n_event_report(
+            report[1], report[0], COMMITMENT, COMMITMENT_INSTANCE
+        )
         self.report_status.append(int(status.get("Status", -1)))
 
     def report_new(self, report) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.5)
         ae = AE(ae_title="PACS_A")
         ae.add_requested_context(COMMITMENT)
-        assoc = ae.associate(HOST, self.router_port, ae_title="CAPACITOR",
-                             ext_neg=[build_role(COMMITMENT, scu_role=False, scp_role=True)])
-        status, _ = assoc.send_n_event_report(report[1], report[0], COMMITMENT, COMMITMENT_INSTANCE)
+        assoc = ae.associate(
+            HOST,
+            self.router_port,
+            ae_title="CAPACITOR",
+            ext_neg=[build_role(COMMITMENT, scu_role=False, scp_role=True)],
+        )
+        status, _ = assoc.send_n_event_report(
+            report[1], report[0], COMMITMENT, COMMITMENT_INSTANCE
+        )
         self.report_status.append(int(status.get("Status", -1)))
         assoc.release()
 
@@ -235,10 +291,21 @@ def test_relayed_report_reaches_modality_once(router, modality, mode):
     pacs = CommitmentNode(mode, port, missing={"2.25.112"})
     pacs.peer.start()
     try:
-        router({"storageCommitScpPort": port, "nodes": [pacs.peer.node("StorageCommitSCP"), modality.node()]})
-        status = n_action(port, "PACS_A", commitment_request("2.25.900", ["2.25.111", "2.25.112"]))
+        router(
+            {
+                "storageCommitScpPort": port,
+                "nodes": [pacs.peer.node("StorageCommitSCP"), modality.node()],
+            }
+        )
+        status = n_action(
+            port, "PACS_A", commitment_request("2.25.900", ["2.25.111", "2.25.112"])
+        )
         event_type, info = modality.wait_for_report()
-        wait_until(lambda: len(pacs.report_status) == (2 if mode == "both" else 1), 30, "PACS_A's reports answered")
+        wait_until(
+            lambda: len(pacs.report_status) == (2 if mode == "both" else 1),
+            30,
+            "PACS_A's reports answered",
+        )
         time.sleep(1.0)
     finally:
         pacs.peer.stop()

@@ -26,11 +26,15 @@ from tests.service_peers import (
 STUDY = "qr-study"
 
 
-def study_files(folder: Path, count: int = 3, study: str = STUDY, uids: list[str] | None = None) -> list[Path]:
+def study_files(
+    folder: Path, count: int = 3, study: str = STUDY, uids: list[str] | None = None
+) -> list[Path]:
     paths = []
     for number in range(1, count + 1):
         extra = {"SOPInstanceUID": uids[number - 1]} if uids else None
-        dataset = make_image(study=study, number=number, patient_id="FAKEQR01", extra=extra)
+        dataset = make_image(
+            study=study, number=number, patient_id="FAKEQR01", extra=extra
+        )
         paths.append(write(dataset, folder / f"{study}-{number}.dcm"))
     return paths
 
@@ -40,7 +44,10 @@ def study_uid(path: Path) -> str:
 
 
 def statuses(output: str) -> list[int]:
-    return [int(code, 16) for code in re.findall(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", output)]
+    return [
+        int(code, 16)
+        for code in re.findall(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", output)
+    ]
 
 
 @pytest.fixture
@@ -53,7 +60,11 @@ def archive_setup(tmp_path, router, sinks, make_files):
         paths = files or study_files(tmp_path / "study")
         archive.add(paths)
         capacitor = router(
-            {"queryRetrieveScpPort": free_port(), "nodes": [archive.node(MoveMode=move_mode), viewer.node()], **settings},
+            {
+                "queryRetrieveScpPort": free_port(),
+                "nodes": [archive.node(MoveMode=move_mode), viewer.node()],
+                **settings,
+            },
             start=False,
         )
         archive.hosts.update({"VIEWER": viewer.port, "CAPACITOR": capacitor.port})
@@ -76,9 +87,18 @@ def test_study_root_find_through_router(archive_setup, tmp_path):
     capacitor, _, _, paths = archive_setup()
 
     result = findscu(
-        qr_port(capacitor), "PACS",
-        ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName", "PatientID", "StudyDate"],
-        tmp_path / "out", model="-S", calling="VIEWER",
+        qr_port(capacitor),
+        "PACS",
+        [
+            "QueryRetrieveLevel=STUDY",
+            "StudyInstanceUID",
+            "PatientName",
+            "PatientID",
+            "StudyDate",
+        ],
+        tmp_path / "out",
+        model="-S",
+        calling="VIEWER",
     )
 
     assert result.returncode == 0, result.output
@@ -91,8 +111,12 @@ def test_patient_root_find_through_router(archive_setup, tmp_path):
     capacitor, _, _, _ = archive_setup()
 
     result = findscu(
-        qr_port(capacitor), "PACS", ["QueryRetrieveLevel=PATIENT", "PatientID=FAKEQR01", "PatientName"],
-        tmp_path / "out", model="-P", calling="VIEWER",
+        qr_port(capacitor),
+        "PACS",
+        ["QueryRetrieveLevel=PATIENT", "PatientID=FAKEQR01", "PatientName"],
+        tmp_path / "out",
+        model="-P",
+        calling="VIEWER",
     )
 
     assert result.returncode == 0, result.output
@@ -103,9 +127,21 @@ def test_move_direct_reaches_destination(archive_setup):
     capacitor, _, viewer, paths = archive_setup("Direct")
 
     result = dcmtk(
-        "movescu", "-d", "-S", "-aet", "VIEWER", "-aec", "PACS", "-aem", "VIEWER",
-        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid(paths[0])}",
-        "127.0.0.1", str(qr_port(capacitor)),
+        "movescu",
+        "-d",
+        "-S",
+        "-aet",
+        "VIEWER",
+        "-aec",
+        "PACS",
+        "-aem",
+        "VIEWER",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid(paths[0])}",
+        "127.0.0.1",
+        str(qr_port(capacitor)),
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -117,9 +153,21 @@ def test_move_routed_through_spool(archive_setup):
     capacitor, _, viewer, paths = archive_setup("Route")
 
     result = dcmtk(
-        "movescu", "-d", "-S", "-aet", "VIEWER", "-aec", "PACS", "-aem", "VIEWER",
-        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid(paths[0])}",
-        "127.0.0.1", str(qr_port(capacitor)),
+        "movescu",
+        "-d",
+        "-S",
+        "-aet",
+        "VIEWER",
+        "-aec",
+        "PACS",
+        "-aem",
+        "VIEWER",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid(paths[0])}",
+        "127.0.0.1",
+        str(qr_port(capacitor)),
     )
 
     output = result.stdout + result.stderr
@@ -135,9 +183,21 @@ def test_get_with_role_selection(archive_setup, tmp_path):
     out.mkdir()
 
     result = dcmtk(
-        "getscu", "-d", "-S", "-aet", "VIEWER", "-aec", "PACS", "-od", str(out),
-        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid(paths[0])}",
-        "127.0.0.1", str(qr_port(capacitor)),
+        "getscu",
+        "-d",
+        "-S",
+        "-aet",
+        "VIEWER",
+        "-aec",
+        "PACS",
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid(paths[0])}",
+        "127.0.0.1",
+        str(qr_port(capacitor)),
     )
 
     output = result.stdout + result.stderr
@@ -147,7 +207,9 @@ def test_get_with_role_selection(archive_setup, tmp_path):
     assert received == {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
 
 
-@pytest.mark.skipif(not rules_apply_mutations(), reason="RuleSet.mutate does not apply mutate rules yet")
+@pytest.mark.skipif(
+    not rules_apply_mutations(), reason="RuleSet.mutate does not apply mutate rules yet"
+)
 def test_find_rules_change_query_and_results(router, tmp_path):
     row = Dataset()
     row.QueryRetrieveLevel = "STUDY"
@@ -155,19 +217,32 @@ def test_find_rules_change_query_and_results(router, tmp_path):
     row.PatientID = "FAKE0001"
     row.InstitutionName = "Example Hospital"
     scp = RecordingFindSCP(rows=[row])
-    upstream = PynetdicomPeer("QR_UP", [context(STUDY_ROOT_FIND)], [(evt.EVT_C_FIND, scp.handle)]).start()
+    upstream = PynetdicomPeer(
+        "QR_UP", [context(STUDY_ROOT_FIND)], [(evt.EVT_C_FIND, scp.handle)]
+    ).start()
     rules = (
         'mutate "narrow" on qr_find_query {\n  set PatientID = "FAKE*"\n}\n'
         'mutate "rename" on qr_find_result {\n  set InstitutionName = "Renamed"\n}\n'
     )
     try:
         capacitor = router(
-            {"queryRetrieveScpPort": free_port(), "nodes": [upstream.node("QueryRetrieve")]}, {"10.rules": rules}
+            {
+                "queryRetrieveScpPort": free_port(),
+                "nodes": [upstream.node("QueryRetrieve")],
+            },
+            {"10.rules": rules},
         )
         result = findscu(
-            qr_port(capacitor), "QR_UP",
-            ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID", "InstitutionName"],
-            tmp_path / "out", model="-S",
+            qr_port(capacitor),
+            "QR_UP",
+            [
+                "QueryRetrieveLevel=STUDY",
+                "StudyInstanceUID",
+                "PatientID",
+                "InstitutionName",
+            ],
+            tmp_path / "out",
+            model="-S",
         )
     finally:
         upstream.stop()

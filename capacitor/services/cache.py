@@ -60,12 +60,16 @@ class WorklistCache:
         self._answers: TTLCache[CacheKey, Answer] | None = None
         self._limits: tuple[float, float, int] = (0.0, 0.0, 0)
 
-    def key(self, node: str, calling_ae: str, sop_class: str, query: Dataset) -> CacheKey | None:
+    def key(
+        self, node: str, calling_ae: str, sop_class: str, query: Dataset
+    ) -> CacheKey | None:
         """Return the key of `query`, or None when it cannot be encoded."""
         encoded = ids.to_bytes(query, _KEY_ENCODING)
         if encoded is None:
             return None
-        return CacheKey(node, calling_ae, sop_class, hashlib.sha256(encoded).hexdigest())
+        return CacheKey(
+            node, calling_ae, sop_class, hashlib.sha256(encoded).hexdigest()
+        )
 
     def fresh(self, config: Config, key: CacheKey) -> Answer | None:
         """Return the answer for `key` if it is younger than worklistCacheSeconds."""
@@ -75,17 +79,23 @@ class WorklistCache:
             return None
         return answer
 
-    def put(self, config: Config, key: CacheKey, rows: list[Dataset], encoding: ids.Encoding) -> None:
+    def put(
+        self, config: Config, key: CacheKey, rows: list[Dataset], encoding: ids.Encoding
+    ) -> None:
         encoded = [ids.to_bytes(row, encoding) for row in rows]
         if any(row is None for row in encoded):
             return
-        answer = Answer(tuple(row for row in encoded if row is not None), encoding, time.monotonic())
+        answer = Answer(
+            tuple(row for row in encoded if row is not None), encoding, time.monotonic()
+        )
         with self._lock:
             store = self._store(config)
             if store.maxsize > 0:
                 store[key] = answer
 
-    def stale(self, config: Config, key: CacheKey, query: Dataset) -> tuple[list[Dataset], float] | None:
+    def stale(
+        self, config: Config, key: CacheKey, query: Dataset
+    ) -> tuple[list[Dataset], float] | None:
         """Return rows for `query` no older than worklistStaleSeconds, and their age.
 
         Returns None when nothing cached is young enough.
@@ -98,8 +108,10 @@ class WorklistCache:
             if cached_key == key:
                 return answer.datasets(), answer.age()
         related = [
-            a for k, a in usable
-            if (k.node, k.calling_ae, k.sop_class) == (key.node, key.calling_ae, key.sop_class)
+            a
+            for k, a in usable
+            if (k.node, k.calling_ae, k.sop_class)
+            == (key.node, key.calling_ae, key.sop_class)
         ]
         if not related:
             return None
@@ -120,6 +132,10 @@ class WorklistCache:
         size = int(config["worklistCacheMaxEntries"])
         if self._answers is None or self._limits != (fresh, stale, size):
             ttl = max(fresh, stale)
-            self._answers = TTLCache(maxsize=size if ttl > 0 else 0, ttl=max(ttl, 0.001), timer=time.monotonic)
+            self._answers = TTLCache(
+                maxsize=size if ttl > 0 else 0,
+                ttl=max(ttl, 0.001),
+                timer=time.monotonic,
+            )
             self._limits = (fresh, stale, size)
         return self._answers

@@ -2,10 +2,11 @@
 
 Called as ``myAeTitle``, Capacitor commits instances from its delivery
 records (see TransactionTable.receipts). Called as a StorageCommitSCP node,
-it relays the N-ACTION to that node with the same Transaction UID and
-passes the node's report on; the node may report on the relay association
-or on a new one to this listener. Either way the requester receives the
-N-EVENT-REPORT once, on a new association (reports.ReportSender).
+it relays the N-ACTION to that node with the same Transaction UID. The node
+may send its report on the relay association or on a new association to
+this listener, and Capacitor passes the first one on. Either way the
+requester receives the N-EVENT-REPORT once, on a new association
+(reports.ReportSender).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import N_ACTION
 from pynetdicom.presentation import PresentationContext, build_role
 
 from capacitor.config.nodes import COMMIT_SCP, COMMIT_SCU, Node
@@ -69,7 +72,9 @@ class CommitmentSCP(ServiceListener):
     """The listener on ``storageCommitScpPort``."""
 
     def __init__(self, state: Callable[[], RouterState], spool: Spool) -> None:
-        super().__init__(state, COMMIT_SCP, "Storage Commitment SCP", commitment_contexts)
+        super().__init__(
+            state, COMMIT_SCP, "Storage Commitment SCP", commitment_contexts
+        )
         self.table = tx.TransactionTable(spool.index)
         self.sender = ReportSender(state, self.table)
         # Relay associations kept open for a report, each with the event that ends the wait.
@@ -122,9 +127,16 @@ class CommitmentSCP(ServiceListener):
         )
         return status(code, comment), None
 
-    def _action(self, state: RouterState, peer: Peer, event: evt.Event) -> tuple[int, str | None, str]:
-        if int(event.request.ActionTypeID or 0) != REQUEST_COMMITMENT:
-            return NO_SUCH_ACTION, "only Action Type ID 1 (Request Storage Commitment)", ""
+    def _action(
+        self, state: RouterState, peer: Peer, event: evt.Event
+    ) -> tuple[int, str | None, str]:
+        request = cast(N_ACTION, event.request)
+        if int(request.ActionTypeID or 0) != REQUEST_COMMITMENT:
+            return (
+                NO_SUCH_ACTION,
+                "only Action Type ID 1 (Request Storage Commitment)",
+                "",
+            )
         try:
             info = event.action_information
             referenced = referenced_sops(info)
@@ -132,47 +144,92 @@ class CommitmentSCP(ServiceListener):
             return INVALID_ARGUMENT, f"action information cannot be decoded: {exc}", ""
         uid = str(info.get("TransactionUID", "") or "")
         if referenced is None:
-            return INVALID_ARGUMENT, "Transaction UID or Referenced SOP Sequence missing or empty", uid
+            return (
+                INVALID_ARGUMENT,
+                "Transaction UID or Referenced SOP Sequence missing or empty",
+                uid,
+            )
         requesters = state.config.nodes.find(peer.calling_ae, COMMIT_SCU)
         if not requesters:
-            return PROCESSING_FAILURE, f"{peer.calling_ae} is not a StorageCommitSCU node", uid
+            return (
+                PROCESSING_FAILURE,
+                f"{peer.calling_ae} is not a StorageCommitSCU node",
+                uid,
+            )
         requester = requesters[0].ae_title
         relay = peer.node
         timeout = float(state.config["storageCommitTimeoutSeconds"])
-        if not self.table.add(uid, requester, peer.calling_ae, relay.ae_title if relay else None, referenced, timeout):
-            LOGGER.info("Transaction %s from %s is already known; not started again", uid, requester)
+        if not self.table.add(
+            uid,
+            requester,
+            peer.calling_ae,
+            relay.ae_title if relay else None,
+            referenced,
+            timeout,
+        ):
+            LOGGER.info(
+                "Transaction %s from %s is already known; not started again",
+                uid,
+                requester,
+            )
             return SUCCESS, None, uid
         if relay is None:
             self.sender.wake()
             return SUCCESS, None, uid
         return self._relay(state, relay, info, uid, requester)
 
-    def _relay(self, state: RouterState, node: Node, info: Dataset, uid: str, requester: str) -> tuple[int, str | None, str]:
+    def _relay(
+        self, state: RouterState, node: Node, info: Dataset, uid: str, requester: str
+    ) -> tuple[int, str | None, str]:
         """Send the N-ACTION on to `node`; keep its association open for a report on it."""
         context = build_context(STORAGE_COMMITMENT_PUSH, VERIFICATION_SYNTAXES)
         role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True)
         handlers = [(evt.EVT_N_EVENT_REPORT, self.handle_report)]
         try:
-            assoc = open_association(state.config, node, [context], state.config["myAeTitle"], handlers, [role])
+            assoc = open_association(
+                state.config,
+                node,
+                [context],
+                state.config["myAeTitle"],
+                handlers,
+                [role],
+            )
         except UpstreamUnavailable as exc:
             self.table.remove(uid, requester)
             return PROCESSING_FAILURE, f"relay to {node.ae_title} failed: {exc}", uid
         try:
-            reply, _ = assoc.send_n_action(info, REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
+            reply, _ = assoc.send_n_action(
+                info,
+                REQUEST_COMMITMENT,
+                STORAGE_COMMITMENT_PUSH,
+                STORAGE_COMMITMENT_INSTANCE,
+            )
         except (ValueError, RuntimeError) as exc:
             reply = None
-            LOGGER.warning("Relaying transaction %s to %s failed: %s", uid, node.ae_title, exc)
+            LOGGER.warning(
+                "Relaying transaction %s to %s failed: %s", uid, node.ae_title, exc
+            )
         code = reply.get("Status") if reply is not None else None
         if code is None or int(code) != SUCCESS:
             close(assoc)
             self.table.remove(uid, requester)
-            shown = "no response" if code is None else f"0x{int(code):04X}"
-            return PROCESSING_FAILURE if code is None else int(code), f"{node.ae_title} answered {shown}", uid
+            if code is None:
+                return (
+                    PROCESSING_FAILURE,
+                    f"no N-ACTION response from {node.ae_title}",
+                    uid,
+                )
+            return int(code), f"{node.ae_title} returned 0x{int(code):04X}", uid
         wait = float(state.config["storageCommitRelayWaitSeconds"])
         done = threading.Event()
         with self._held_lock:
             self._held[assoc] = done
-        threading.Thread(target=self._hold, args=(assoc, done, wait), name=f"commit-relay-{uid}", daemon=True).start()
+        threading.Thread(
+            target=self._hold,
+            args=(assoc, done, wait),
+            name=f"commit-relay-{uid}",
+            daemon=True,
+        ).start()
         return SUCCESS, None, uid
 
     def _hold(self, assoc: Association, done: threading.Event, seconds: float) -> None:
@@ -182,31 +239,47 @@ class CommitmentSCP(ServiceListener):
             self._held.pop(assoc, None)
         close(assoc)
 
-    # N-EVENT-REPORT from a relayed node
+    # N-EVENT-REPORT from the node a transaction was relayed to
 
     def handle_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
         assoc = event.assoc
-        reporter = (assoc.acceptor if assoc.is_requestor else assoc.requestor).ae_title.strip()
+        reporter = (
+            assoc.acceptor if assoc.is_requestor else assoc.requestor
+        ).ae_title.strip()
         try:
             info = event.event_information
         except Exception as exc:  # noqa: BLE001 - pydicom raises assorted errors on bad data
-            LOGGER.warning("N-EVENT-REPORT from %s cannot be decoded: %s", reporter, exc)
+            LOGGER.warning(
+                "N-EVENT-REPORT from %s cannot be decoded: %s", reporter, exc
+            )
             return INVALID_ARGUMENT, None
         uid = str(info.get("TransactionUID", "") or "")
         nodes = self.state().config.nodes.find(reporter, COMMIT_SCP)
         row = self.table.relayed(uid, nodes[0].ae_title) if nodes else None
         if row is None:
-            LOGGER.warning("N-EVENT-REPORT from %s for unknown transaction %s; ignored", reporter, uid)
+            LOGGER.warning(
+                "N-EVENT-REPORT from %s for unknown transaction %s; ignored",
+                reporter,
+                uid,
+            )
             return SUCCESS, None
         result = read_result(info, row.referenced)
         if self.table.settle(row.id, result):
             LOGGER.info(
                 "N-EVENT-REPORT from %s for transaction %s: %d committed, %d failed; passing it to %s",
-                reporter, uid, len(result.success), len(result.failed), row.requester,
+                reporter,
+                uid,
+                len(result.success),
+                len(result.failed),
+                row.requester,
             )
             self.sender.wake()
         else:
-            LOGGER.info("N-EVENT-REPORT from %s for transaction %s again; already passed on", reporter, uid)
+            LOGGER.info(
+                "N-EVENT-REPORT from %s for transaction %s again; already passed on",
+                reporter,
+                uid,
+            )
         with self._held_lock:
             done = self._held.get(assoc)
         if done is not None:

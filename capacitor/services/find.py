@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -21,19 +22,28 @@ from capacitor.config.nodes import Node
 from capacitor.scp.negotiation import Peer
 from capacitor.services import identifiers as ids
 from capacitor.services.matching import matches
-from capacitor.services.upstream import UpstreamUnavailable, associate, calling_title, query_contexts
+from capacitor.services.upstream import (
+    UpstreamUnavailable,
+    associate,
+    calling_title,
+    query_contexts,
+)
 from capacitor.state import RouterState
 
 LOGGER = logging.getLogger(__name__)
 
 PENDING = 0xFF00
+# Pending, but the SCP does not support every optional key (PS3.4 C.4.1.1.4).
+PENDING_WARNING = 0xFF01
 SUCCESS = 0x0000
 CANCEL = 0xFE00
 # Failure statuses of the "Unable to process" range that Capacitor sends itself.
 UPSTREAM_UNREACHABLE = 0xC001
 UPSTREAM_ABORTED = 0xC002
 
-Response = tuple[int | Dataset, Dataset | None]
+# Why a query got no final status from the upstream node.
+UNREACHABLE = "unreachable"
+ABORTED = "aborted"
 
 # Message IDs for requests to upstream nodes; any value is valid per association.
 _message_ids = itertools.cycle(range(1, 0x10000))
@@ -64,31 +74,39 @@ class FindRequest:
 
 @dataclass
 class UpstreamResult:
-    """What the upstream returned for one query: rows, final status and how it ended."""
+    """The end of one upstream query: its final status, or why there is none."""
 
-    rows: list[Dataset] = field(default_factory=list)
     status: Dataset | None = None
-    reached: bool = True
-    error: str = ""
+    failure: str | None = None
+
+    @property
+    def reached(self) -> bool:
+        return self.failure is None
 
     @property
     def status_code(self) -> int | None:
         return None if self.status is None else int(self.status.get("Status", -1))
 
 
-def drain(rows: Iterator[Dataset], sink: Callable[[Dataset], None]) -> UpstreamResult:
-    """Pass every row of `query_upstream` to `sink`; return the upstream's result."""
+def drain(
+    rows: Generator[Dataset, None, UpstreamResult], sink: Callable[[Dataset], None]
+) -> UpstreamResult:
+    """Pass every row of query_upstream() to `sink`; return the upstream's result."""
     while True:
         try:
             sink(next(rows))
         except StopIteration as stop:
-            return stop.value if isinstance(stop.value, UpstreamResult) else UpstreamResult()
+            return cast(UpstreamResult, stop.value)
 
 
 def run_query_rules(state: RouterState, request: FindRequest) -> Dataset:
     """Apply the query phase's rules to the identifier; return the query to forward."""
     result = ids.apply_rules(
-        state.rules, request.identifier, request.peer, request.query_phase, request.node.ae_title
+        state.rules,
+        request.identifier,
+        request.peer,
+        request.query_phase,
+        request.node.ae_title,
     )
     return result.dataset
 
@@ -96,52 +114,64 @@ def run_query_rules(state: RouterState, request: FindRequest) -> Dataset:
 def query_upstream(
     state: RouterState, request: FindRequest, query: Dataset
 ) -> Generator[Dataset, None, UpstreamResult]:
-    """Yield each pending identifier from the upstream; return the UpstreamResult.
+    """Yield each match from the upstream node; return how the query ended.
 
-    The final result is the generator's return value. An upstream that
-    cannot be reached or that aborts ends the generator with ``reached``
-    false rather than an exception.
+    An upstream that cannot be reached, or that aborts or times out, ends
+    the generator with a failure in the result instead of an exception.
+    Once the requester cancels, a C-CANCEL goes upstream and no further
+    matches are yielded.
     """
-    result = UpstreamResult()
-    config = state.config
-    calling = calling_title(config, request.node, request.peer.calling_ae)
+    node = request.node
+    calling = calling_title(state.config, node, request.peer.calling_ae)
     contexts = query_contexts(request.sop_class, request.transfer_syntax)
     try:
-        with associate(config, request.node, contexts, calling) as assoc:
+        with associate(state.config, node, contexts, calling) as assoc:
             message_id = next(_message_ids)
             cancelled = False
-            for rsp_status, identifier in assoc.send_c_find(query, request.sop_class, msg_id=message_id):
-                code = rsp_status.get("Status") if rsp_status else None
+            responses = assoc.send_c_find(query, request.sop_class, msg_id=message_id)
+            for rsp_status, identifier in responses:
+                code = rsp_status.get("Status")
                 if code is None:
-                    result.reached, result.error = False, "aborted"
-                    LOGGER.warning("C-FIND to %s: association aborted or timed out", request.node.ae_title)
-                    break
-                if int(code) in (PENDING, 0xFF01):
-                    if identifier is not None and not cancelled:
-                        yield identifier
-                    if request.is_cancelled() and not cancelled:
-                        cancelled = True
-                        assoc.send_c_cancel(message_id, query_model=request.sop_class)
-                    continue
-                result.status = rsp_status
-                break
+                    LOGGER.warning(
+                        "C-FIND to %s: association aborted or timed out", node.ae_title
+                    )
+                    return UpstreamResult(failure=ABORTED)
+                if int(code) not in (PENDING, PENDING_WARNING):
+                    return UpstreamResult(status=rsp_status)
+                if identifier is not None and not cancelled:
+                    yield identifier
+                if request.is_cancelled() and not cancelled:
+                    cancelled = True
+                    assoc.send_c_cancel(message_id, query_model=request.sop_class)
     except UpstreamUnavailable as exc:
-        result.reached, result.error = False, "unreachable"
-        LOGGER.warning("C-FIND to %s: %s", request.node.ae_title, exc)
-    return result
+        LOGGER.warning("C-FIND to %s: %s", node.ae_title, exc)
+        return UpstreamResult(failure=UNREACHABLE)
+    return UpstreamResult(failure=ABORTED)
 
 
-def finish_row(state: RouterState, request: FindRequest, row: Dataset) -> Dataset | None:
+def finish_row(
+    state: RouterState, request: FindRequest, row: Dataset
+) -> Dataset | None:
     """Complete the return keys of `row` and run the result rules; None if excluded."""
     added = ids.complete_return_keys(row, request.original)
     if added:
-        LOGGER.debug("Added return keys %s to a match from %s", added, request.node.ae_title)
-    result = ids.apply_rules(state.rules, row, request.peer, request.result_phase, request.node.ae_title)
+        LOGGER.debug(
+            "Added return keys %s to a match from %s", added, request.node.ae_title
+        )
+    result = ids.apply_rules(
+        state.rules, row, request.peer, request.result_phase, request.node.ae_title
+    )
     if result.excluded:
-        LOGGER.debug("Match for %s excluded by %s", request.peer.calling_ae, result.matched)
+        LOGGER.debug(
+            "Match for %s excluded by %s", request.peer.calling_ae, result.matched
+        )
         return None
     if result.changed and not matches(result.dataset, request.original):
-        LOGGER.debug("Match for %s no longer matches after rules %s", request.peer.calling_ae, result.matched)
+        LOGGER.debug(
+            "Match for %s dropped: no longer matches the query after rules %s",
+            request.peer.calling_ae,
+            result.matched,
+        )
         return None
     return result.dataset
 
@@ -149,16 +179,18 @@ def finish_row(state: RouterState, request: FindRequest, row: Dataset) -> Datase
 def final_status(request: FindRequest, upstream: UpstreamResult) -> Dataset:
     """Map the upstream's final status to the one returned, per CFindFailureBehavior."""
     node = request.node
-    if not upstream.reached:
-        code = UPSTREAM_ABORTED if upstream.error == "aborted" else UPSTREAM_UNREACHABLE
-        return ids.status(code, f"upstream {node.ae_title} {upstream.error}")
+    if upstream.failure is not None:
+        failed = (
+            UPSTREAM_ABORTED if upstream.failure == ABORTED else UPSTREAM_UNREACHABLE
+        )
+        return ids.status(failed, f"upstream {node.ae_title} {upstream.failure}")
     status = upstream.status if upstream.status is not None else ids.status(SUCCESS)
     code = upstream.status_code
     if code in (SUCCESS, CANCEL):
         return status
     if node.cfind_failure_behavior == "EmptySuccess":
         LOGGER.warning(
-            "C-FIND from %s: upstream %s answered 0x%04X%s; returning success "
+            "C-FIND from %s: upstream %s returned 0x%04X%s; returning success "
             "(CFindFailureBehavior EmptySuccess)",
             request.peer.calling_ae,
             node.ae_title,
@@ -169,11 +201,13 @@ def final_status(request: FindRequest, upstream: UpstreamResult) -> Dataset:
     return status
 
 
-def log_request(request: FindRequest, status: Dataset, count: int, source: str) -> None:
-    """Write the one INFO line per C-FIND."""
+def log_request(
+    service: str, request: FindRequest, status: Dataset, count: int, source: str
+) -> None:
+    """Write the one INFO line per C-FIND; `source` says where the matches came from."""
     LOGGER.info(
         "C-FIND %s from %s (%s) to %s via %s: %d match(es), status 0x%04X, %s",
-        request.query_phase.split("_")[0],
+        service,
         request.peer.calling_ae,
         request.peer.calling_ip,
         request.peer.called_ae,

@@ -60,7 +60,8 @@ def complete_return_keys(response: Dataset, query: Dataset) -> list[str]:
     Returns the keywords or tags that were added, for the debug log.
     """
     added: list[str] = []
-    for tag in query.keys():
+    # keys() gives the tags; iterating a Dataset would decode every element.
+    for tag in list(query.keys()):
         if tag.group == 0x0000 or tag == SPECIFIC_CHARACTER_SET:
             continue
         key = query[tag]
@@ -72,7 +73,10 @@ def complete_return_keys(response: Dataset, query: Dataset) -> list[str]:
             item_query = key.value[0]
             value = response[tag].value
             for item in value or ():
-                added += [f"{key.keyword}>{name}" for name in complete_return_keys(item, item_query)]
+                added += [
+                    f"{key.keyword}>{name}"
+                    for name in complete_return_keys(item, item_query)
+                ]
     return added
 
 
@@ -92,10 +96,14 @@ def apply_rules(
     destination: str,
 ) -> MutationResult:
     """Run the mutate rules of `phase` on `dataset` for the upstream node `destination`."""
-    context = RuleContext(peer.calling_ae, peer.called_ae, peer.calling_ip, (destination,))
+    context = RuleContext(
+        peer.calling_ae, peer.called_ae, peer.calling_ip, (destination,)
+    )
     result = rules.mutate(dataset, context, phase, destination)
     if result.matched:
-        LOGGER.debug("Rules %s matched on %s for %s", result.matched, phase, peer.calling_ae)
+        LOGGER.debug(
+            "Rules %s matched on %s for %s", result.matched, phase, peer.calling_ae
+        )
     return result
 
 

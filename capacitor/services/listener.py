@@ -100,10 +100,18 @@ class ServiceListener:
         # The negotiator chooses the contexts per association; this one only
         # satisfies pynetdicom's check that a server supports something.
         ae.add_supported_context("1.2.840.10008.1.1")
-        handlers = [(evt.EVT_CONN_OPEN, set_nodelay), *self.negotiator.handlers(), *self.handlers()]
-        self.server = ae.start_server((host, port), block=False, evt_handlers=handlers)
-        LOGGER.info("%s listening on %s:%d as %s", self.service, host, port, config["myAeTitle"])
-        return self.server
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            *self.negotiator.handlers(),
+            *self.handlers(),
+        ]
+        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+        assert server is not None  # a non-blocking start always returns the server
+        self.server = server
+        LOGGER.info(
+            "%s listening on %s:%d as %s", self.service, host, port, config["myAeTitle"]
+        )
+        return server
 
     def stop(self) -> None:
         if self.server is not None:

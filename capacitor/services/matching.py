@@ -37,12 +37,20 @@ _NOT_MATCHED = {SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL}
 
 def matches(candidate: Dataset, query: Dataset) -> bool:
     """Return whether `candidate` matches every key of `query`."""
-    for tag in query.keys():
+    for tag in tags(query):
         if tag.group == 0x0000 or tag in _NOT_MATCHED or tag.is_private:
             continue
         if not _key_matches(query[tag], candidate.get(tag)):
             return False
     return True
+
+
+def tags(dataset: Dataset) -> list[BaseTag]:
+    """Return the tags of `dataset` without decoding its elements.
+
+    Iterating a Dataset yields its elements, decoding each raw one.
+    """
+    return list(dataset.keys())
 
 
 def _key_matches(key: DataElement, found: DataElement | None) -> bool:
@@ -56,26 +64,31 @@ def _key_matches(key: DataElement, found: DataElement | None) -> bool:
     values = _values(found)
     if not values:
         return False
-    return any(_value_matches(key.VR, pattern, wanted, value) for value in values for pattern in wanted)
+    return any(
+        _value_matches(key.VR, pattern, wanted, value)
+        for value in values
+        for pattern in wanted
+    )
 
 
 def _sequence_matches(key: DataElement, found: DataElement | None) -> bool:
-    items = list(key.value or ())
-    if not items or all(_universal(items[0], tag) for tag in items[0].keys()):
+    if _universal(key):
         return True
     if found is None or found.VR != "SQ":
         return False
-    return any(matches(item, items[0]) for item in found.value or ())
+    item_query = key.value[0]
+    return any(matches(item, item_query) for item in found.value or ())
 
 
-def _universal(item: Dataset, tag: BaseTag) -> bool:
-    element = item[tag]
-    if element.VR == "SQ":
-        return _sequence_matches(element, None) if not element.value else all(
-            _universal(element.value[0], sub) for sub in element.value[0].keys()
-        )
-    values = _values(element)
-    return not values or values == ["*"]
+def _universal(key: DataElement) -> bool:
+    """Return whether `key` matches any value, a sequence key through all its keys."""
+    if key.VR != "SQ":
+        values = _values(key)
+        return not values or values == ["*"]
+    if not key.value:
+        return True
+    item_query = key.value[0]
+    return all(_universal(item_query[tag]) for tag in tags(item_query))
 
 
 def _value_matches(vr: str, pattern: str, wanted: list[str], value: str) -> bool:
@@ -144,7 +157,7 @@ def _normal(vr: str, text: str, low: bool) -> str:
         text = re.sub(r"[+-][0-9]{4}$", "", text)
     floor, ceiling = _PADDING[vr]
     pad = floor if low else ceiling
-    return text + pad[len(text):]
+    return text + pad[len(text) :]
 
 
 def _wildcard(pattern: str) -> re.Pattern[str]:
@@ -156,7 +169,9 @@ def _values(element: DataElement) -> list[str]:
     value = element.value
     if value is None or value == "":
         return []
-    items: Iterable[object] = value if isinstance(value, (list, MultiValue)) else [value]
+    items: Iterable[object] = (
+        value if isinstance(value, (list, MultiValue)) else [value]
+    )
     texts = [_text(item) for item in items]
     return [text for text in texts if text]
 

@@ -1,7 +1,7 @@
 """C-MOVEs routed through Capacitor: match arriving instances to their move.
 
-With MoveMode Route, Capacitor asks the upstream node to move the instances
-to its own AE title. Each C-STORE sub-operation carries the Move Originator
+With MoveMode Route, Capacitor's C-MOVE request to the upstream node names
+Capacitor's own AE title as the move destination. Each C-STORE sub-operation carries the Move Originator
 Message ID and AE title of that request (PS3.7 9.1.1.1), which tie the
 instance to the move, so the Store SCP routes it to the move destination
 first; the route rules then run as for any instance.
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from pynetdicom.dimse_primitives import C_STORE
 
-from capacitor.spool.index import DELIVERED, IN_FLIGHT, QUEUED, SpoolIndex
 from capacitor.services.progress import Counts
+from capacitor.spool.index import DELIVERED, IN_FLIGHT, QUEUED, SpoolIndex
 
 
 @dataclass
@@ -35,7 +35,7 @@ class RoutedMove:
             self.instances[sop_instance_uid] = instance_id
 
     def counts(self, index: SpoolIndex) -> Counts:
-        """Count the deliveries to the destination; ``remaining`` holds those not yet tried.
+        """Count the deliveries to the destination; ``remaining`` counts those not yet tried.
 
         An instance counts as completed once delivered, and as failed once an
         attempt to deliver it has failed or when it was not routed to the
@@ -43,7 +43,9 @@ class RoutedMove:
         """
         with self.lock:
             instances = dict(self.instances)
-        states = self._delivery_states(index, [i for i in instances.values() if i is not None])
+        states = self._delivery_states(
+            index, [i for i in instances.values() if i is not None]
+        )
         counts = Counts()
         for sop_instance_uid, instance_id in instances.items():
             state = states.get(instance_id) if instance_id is not None else None
@@ -55,19 +57,27 @@ class RoutedMove:
                 counts.fail(sop_instance_uid)
         return counts
 
-    def _delivery_states(self, index: SpoolIndex, instance_ids: list[int]) -> dict[int, str]:
+    def _delivery_states(
+        self, index: SpoolIndex, instance_ids: list[int]
+    ) -> dict[int, str]:
         if not instance_ids:
             return {}
         marks = ",".join("?" * len(instance_ids))
-        rows = index.connection().execute(
-            f"SELECT instance_id, state, attempts FROM deliveries WHERE node = ?"
-            f" AND instance_id IN ({marks})",
-            (self.destination, *instance_ids),
-        ).fetchall()
+        rows = (
+            index.connection()
+            .execute(
+                f"SELECT instance_id, state, attempts FROM deliveries WHERE node = ?"
+                f" AND instance_id IN ({marks})",
+                (self.destination, *instance_ids),
+            )
+            .fetchall()
+        )
         states: dict[int, str] = {}
         for instance_id, state, attempts in rows:
             # A delivery waiting to be retried has had a failed attempt.
-            states[int(instance_id)] = state if state != QUEUED or attempts == 0 else "retrying"
+            states[int(instance_id)] = (
+                state if state != QUEUED or attempts == 0 else "retrying"
+            )
         return states
 
 

@@ -1,9 +1,9 @@
 """Sub-operation counts of a C-MOVE or C-GET and the responses that carry them.
 
-PS3.4 C.4.2.1.5 and C.4.3.1.4: pending responses (0xFF00) carry the
-Remaining, Completed, Failed and Warning counts; the final response carries
-Completed, Failed and Warning, and when any sub-operation failed, the Failed
-SOP Instance UID List (0008,0058) in its identifier.
+Per PS3.4 C.4.2.1.5 and C.4.3.1.4, pending responses (0xFF00) carry the
+Remaining, Completed, Failed and Warning counts. The final response carries
+Completed, Failed and Warning. When any sub-operation failed, its identifier
+holds the Failed SOP Instance UID List (0008,0058).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -64,7 +65,10 @@ class Responder:
     """Send C-MOVE-RSP or C-GET-RSP messages for one request on the inbound association."""
 
     def __init__(
-        self, dimse: DIMSEServiceProvider, context: PresentationContext, request: C_MOVE | C_GET
+        self,
+        dimse: DIMSEServiceProvider,
+        context: PresentationContext,
+        request: C_MOVE | C_GET,
     ) -> None:
         self.dimse = dimse
         self.context = context
@@ -78,26 +82,31 @@ class Responder:
         self.sent_pending = counts.as_tuple()
         self._send(PENDING, counts, final=False)
 
-    def final(self, code: int, counts: Counts | None = None, comment: str | None = None) -> None:
+    def final(
+        self, code: int, counts: Counts | None = None, comment: str | None = None
+    ) -> None:
         self._send(code, counts or Counts(), final=True, comment=comment)
 
-    def _send(self, code: int, counts: Counts, final: bool, comment: str | None = None) -> None:
+    def _send(
+        self, code: int, counts: Counts, final: bool, comment: str | None = None
+    ) -> None:
         response = C_MOVE() if isinstance(self.request, C_MOVE) else C_GET()
         response.MessageIDBeingRespondedTo = self.request.MessageID
         response.AffectedSOPClassUID = self.request.AffectedSOPClassUID
         response.Status = code
-        if not final:
-            response.NumberOfRemainingSuboperations = counts.remaining
-        elif code == CANCEL:
+        if not final or code == CANCEL:
             response.NumberOfRemainingSuboperations = counts.remaining
         response.NumberOfCompletedSuboperations = counts.completed
         response.NumberOfFailedSuboperations = counts.failed
         response.NumberOfWarningSuboperations = counts.warning
         if comment and code not in (PENDING, SUCCESS):
-            response.ErrorComment = comment[:_MAX_COMMENT]
+            response.ErrorComment = comment[:_MAX_COMMENT]  # type: ignore[assignment]
         if final and counts.failed_uids:
             identifier = Dataset()
             identifier.FailedSOPInstanceUIDList = counts.failed_uids
             syntax = self.context.transfer_syntax[0]
-            response.Identifier = BytesIO(encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian) or b"")
-        self.dimse.send_msg(response, self.context.context_id)
+            response.Identifier = BytesIO(
+                encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian)
+                or b""
+            )
+        self.dimse.send_msg(response, cast(int, self.context.context_id))

@@ -26,7 +26,11 @@ from capacitor.services.find import FindRequest
 from capacitor.services.listener import Handler, ServiceListener
 from capacitor.services.moves import MoveRegistry
 from capacitor.services.progress import Responder
-from capacitor.services.retrieve import RETRIEVE_MODELS, RetrieveService, serve_retrieves
+from capacitor.services.retrieve import (
+    RETRIEVE_MODELS,
+    RetrieveService,
+    serve_retrieves,
+)
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
 
@@ -47,7 +51,10 @@ def qr_contexts() -> list[PresentationContext]:
     Storage contexts accept SCP/SCU Role Selection (PS3.7 D.3.3.4), so that
     a C-GET requester can act as Storage SCP on the same association.
     """
-    contexts = [build_context(uid, VERIFICATION_SYNTAXES) for uid in (*FIND_MODELS, *RETRIEVE_MODELS)]
+    contexts = [
+        build_context(uid, VERIFICATION_SYNTAXES)
+        for uid in (*FIND_MODELS, *RETRIEVE_MODELS)
+    ]
     for uid in _STORAGE_CLASSES.values():
         context = build_context(uid, STORAGE_SYNTAXES)
         context.scu_role = True
@@ -59,7 +66,9 @@ def qr_contexts() -> list[PresentationContext]:
 class QueryRetrieveSCP(ServiceListener):
     """The listener on ``queryRetrieveScpPort``."""
 
-    def __init__(self, state: Callable[[], RouterState], spool: Spool, moves: MoveRegistry) -> None:
+    def __init__(
+        self, state: Callable[[], RouterState], spool: Spool, moves: MoveRegistry
+    ) -> None:
         super().__init__(state, QUERY_RETRIEVE, "Query/Retrieve SCP", qr_contexts)
         self.spool = spool
         self.moves = moves
@@ -74,15 +83,24 @@ class QueryRetrieveSCP(ServiceListener):
     def on_accepted(self, event: evt.Event) -> None:
         serve_retrieves(event.assoc, self)
 
-    def handle_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    def handle_find(
+        self, event: evt.Event
+    ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         state = self.state()
         peer = self.peer(event)
-        assert peer.node is not None  # the negotiator accepted only a QueryRetrieve node
+        assert (
+            peer.node is not None
+        )  # the negotiator accepted only a QueryRetrieve node
         try:
             identifier = event.identifier
         except Exception as exc:  # noqa: BLE001 - pydicom raises assorted errors on bad data
-            LOGGER.error("C-FIND from %s: identifier cannot be decoded: %s", peer.calling_ae, exc)
-            yield ids.status(CANNOT_DECODE, f"identifier cannot be decoded: {exc}"), None
+            LOGGER.error(
+                "C-FIND from %s: identifier cannot be decoded: %s", peer.calling_ae, exc
+            )
+            yield (
+                ids.status(CANNOT_DECODE, f"identifier cannot be decoded: {exc}"),
+                None,
+            )
             return
         request = FindRequest(
             peer,
@@ -95,6 +113,8 @@ class QueryRetrieveSCP(ServiceListener):
             lambda: bool(event.is_cancelled),
         )
         query = find.run_query_rules(state, request)
+
+        # Matches go to the caller as the node returns them.
         rows = find.query_upstream(state, request, query)
         count = 0
         while True:
@@ -107,12 +127,25 @@ class QueryRetrieveSCP(ServiceListener):
             if finished is not None:
                 count += 1
                 yield find.PENDING, finished
+
         status = find.final_status(request, upstream)
-        find.log_request(request, status, count, "upstream")
+        find.log_request("qr", request, status, count, "upstream")
         yield status, None
 
-    def move(self, service: RetrieveService, req: C_MOVE, context: PresentationContext, responder: Responder) -> None:
+    def move(
+        self,
+        service: RetrieveService,
+        req: C_MOVE,
+        context: PresentationContext,
+        responder: Responder,
+    ) -> None:
         qr_move.move(self, service, req, context, responder)
 
-    def get(self, service: RetrieveService, req: C_GET, context: PresentationContext, responder: Responder) -> None:
+    def get(
+        self,
+        service: RetrieveService,
+        req: C_GET,
+        context: PresentationContext,
+        responder: Responder,
+    ) -> None:
         qr_get.get(self, service, req, context, responder)

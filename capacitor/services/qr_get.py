@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_GET
+from pynetdicom.dimse_primitives import C_GET, C_STORE
 from pynetdicom.dsutils import decode
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, build_role
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
@@ -39,7 +41,12 @@ from capacitor.services.progress import (
     Responder,
 )
 from capacitor.services.qr_move import failed_uids, upstream_counts
-from capacitor.services.upstream import UpstreamUnavailable, associate, calling_title, query_contexts
+from capacitor.services.upstream import (
+    UpstreamUnavailable,
+    associate,
+    calling_title,
+    query_contexts,
+)
 from capacitor.state import RouterState
 
 if TYPE_CHECKING:
@@ -76,16 +83,36 @@ def get(
     syntax = context.transfer_syntax[0]
     sop_class = str(req.AffectedSOPClassUID)
     try:
-        identifier = decode(req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian)
+        identifier = decode(
+            cast(BytesIO, req.Identifier),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+        )
     except Exception as exc:  # noqa: BLE001 - pydicom raises assorted errors on bad data
-        LOGGER.error("C-GET from %s: identifier cannot be decoded: %s", peer.calling_ae, exc)
-        responder.final(IDENTIFIER_DOES_NOT_MATCH, comment="identifier cannot be decoded")
+        LOGGER.error(
+            "C-GET from %s: identifier cannot be decoded: %s", peer.calling_ae, exc
+        )
+        responder.final(
+            IDENTIFIER_DOES_NOT_MATCH, comment="identifier cannot be decoded"
+        )
         return
     storage = storage_contexts(inbound)
     if storage:
-        code, counts, comment = _relay(service, state, peer, peer.node, sop_class, str(syntax), identifier, storage, responder)
+        code, counts, comment = _relay(
+            service,
+            state,
+            peer,
+            peer.node,
+            sop_class,
+            str(syntax),
+            identifier,
+            storage,
+            responder,
+        )
     else:
-        code, counts, comment = _without_storage_role(state, peer, peer.node, sop_class, str(syntax), identifier)
+        code, counts, comment = _without_storage_role(
+            state, peer, peer.node, sop_class, str(syntax), identifier
+        )
     responder.final(code, counts, comment)
     LOGGER.info(
         "C-GET from %s (%s) to %s via %s: status 0x%04X, %d completed, %d failed, %d warning%s",
@@ -106,12 +133,18 @@ def storage_contexts(assoc: Association) -> list[PresentationContext]:
     return [
         cx
         for cx in assoc.accepted_contexts
-        if cx.as_scu and uid_to_service_class(cx.abstract_syntax) is StorageServiceClass
+        if cx.as_scu
+        and uid_to_service_class(str(cx.abstract_syntax)) is StorageServiceClass
     ]
 
 
 def _without_storage_role(
-    state: RouterState, peer: Peer, node: Node, sop_class: str, syntax: str, identifier: Dataset
+    state: RouterState,
+    peer: Peer,
+    node: Node,
+    sop_class: str,
+    syntax: str,
+    identifier: Dataset,
 ) -> tuple[int, Counts, str]:
     uids = _list_instances(state, peer, node, sop_class, syntax, identifier)
     LOGGER.warning(
@@ -127,7 +160,12 @@ def _without_storage_role(
 
 
 def _list_instances(
-    state: RouterState, peer: Peer, node: Node, sop_class: str, syntax: str, identifier: Dataset
+    state: RouterState,
+    peer: Peer,
+    node: Node,
+    sop_class: str,
+    syntax: str,
+    identifier: Dataset,
 ) -> list[str]:
     """Return the SOP Instance UIDs the C-GET would retrieve, found by an IMAGE-level C-FIND."""
     find_model = FIND_MODEL_OF.get(sop_class)
@@ -140,27 +178,38 @@ def _list_instances(
     calling = calling_title(state.config, node, peer.calling_ae)
     uids: list[str] = []
     try:
-        with associate(state.config, node, query_contexts(find_model, syntax), calling) as upstream:
-            for status, match in upstream.send_c_find(query, find_model, msg_id=next(_message_ids)):
+        with associate(
+            state.config, node, query_contexts(find_model, syntax), calling
+        ) as upstream:
+            for status, match in upstream.send_c_find(
+                query, find_model, msg_id=next(_message_ids)
+            ):
                 if match is not None and match.get("SOPInstanceUID"):
                     uids.append(str(match.SOPInstanceUID))
-                if status.get("Status") is None or int(status.Status) not in (PENDING, 0xFF01):
+                if status.get("Status") is None or int(status.Status) not in (
+                    PENDING,
+                    0xFF01,
+                ):
                     break
     except UpstreamUnavailable as exc:
-        LOGGER.warning("C-GET from %s: cannot list the instances: %s", peer.calling_ae, exc)
+        LOGGER.warning(
+            "C-GET from %s: cannot list the instances: %s", peer.calling_ae, exc
+        )
     return uids
 
 
 class _StoreRelay:
     """The EVT_C_STORE handler of the upstream association: send each instance on."""
 
-    def __init__(self, inbound: Association, responder: Responder, counts: Counts) -> None:
+    def __init__(
+        self, inbound: Association, responder: Responder, counts: Counts
+    ) -> None:
         self.inbound = inbound
         self.responder = responder
         self.counts = counts
 
     def __call__(self, event: evt.Event) -> int:
-        uid = str(event.request.AffectedSOPInstanceUID or "")
+        uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "")
         source: Any = getattr(event, "dataset_path", None) or event.dataset
         try:
             code = self._send(source, uid)
@@ -175,7 +224,12 @@ class _StoreRelay:
         try:
             response = self.inbound.send_c_store(source)
         except (ValueError, RuntimeError, OSError) as exc:
-            LOGGER.warning("C-GET sub-operation for %s to %s failed: %s", uid, self.inbound.requestor.ae_title, exc)
+            LOGGER.warning(
+                "C-GET sub-operation for %s to %s failed: %s",
+                uid,
+                self.inbound.requestor.ae_title,
+                exc,
+            )
             self.counts.fail(uid)
             return STORE_REFUSED
         code = response.get("Status") if response is not None else None
@@ -205,24 +259,32 @@ def _relay(
     counts = Counts()
     relay = _StoreRelay(service.assoc, responder, counts)
     contexts = query_contexts(sop_class, syntax)
-    roles = []
+    roles: list[SCP_SCU_RoleSelectionNegotiation] = []
     for cx in storage[: _MAX_CONTEXTS - len(contexts)]:
-        contexts.append(build_context(cx.abstract_syntax, [cx.transfer_syntax[0]]))
+        contexts.append(build_context(str(cx.abstract_syntax), [cx.transfer_syntax[0]]))
         if cx.abstract_syntax not in [r.sop_class_uid for r in roles]:
-            roles.append(build_role(cx.abstract_syntax, scp_role=True))
+            roles.append(build_role(str(cx.abstract_syntax), scp_role=True))
     calling = calling_title(state.config, node, peer.calling_ae)
     message_id = next(_message_ids)
     try:
-        with associate(state.config, node, contexts, calling, [(evt.EVT_C_STORE, relay)], roles) as upstream:
-            for status, found in upstream.send_c_get(identifier, sop_class, msg_id=message_id):
+        with associate(
+            state.config, node, contexts, calling, [(evt.EVT_C_STORE, relay)], roles
+        ) as upstream:
+            for status, found in upstream.send_c_get(
+                identifier, sop_class, msg_id=message_id
+            ):
                 code = status.get("Status")
                 if code is None:
-                    return UPSTREAM_ABORTED, _settled(counts), f"upstream aborted ({node.ae_title})"
+                    return (
+                        UPSTREAM_ABORTED,
+                        _settled(counts),
+                        f"upstream aborted ({node.ae_title})",
+                    )
                 reported = upstream_counts(status, Counts())
                 if int(code) == PENDING:
                     counts.remaining = reported.remaining
                     responder.pending(counts)
-                    if service.is_cancelled(int(responder.request.MessageID)):
+                    if service.is_cancelled(cast(int, responder.request.MessageID)):
                         upstream.send_c_cancel(message_id, query_model=sop_class)
                     continue
                 return _final(int(code), status, found, counts, reported)
@@ -231,7 +293,9 @@ def _relay(
     return UPSTREAM_ABORTED, _settled(counts), f"upstream aborted ({node.ae_title})"
 
 
-def _final(code: int, status: Dataset, found: Dataset | None, counts: Counts, reported: Counts) -> tuple[int, Counts, str | None]:
+def _final(
+    code: int, status: Dataset, found: Dataset | None, counts: Counts, reported: Counts
+) -> tuple[int, Counts, str | None]:
     """Combine the upstream's final response with what Capacitor sent.
 
     The upstream counts the instances the requester refused as failed too,
@@ -243,10 +307,18 @@ def _final(code: int, status: Dataset, found: Dataset | None, counts: Counts, re
     comment = status.get("ErrorComment")
     if code == CANCEL:
         return CANCEL, counts, None
-    if code not in (SUCCESS, WARNING) and not (counts.completed or counts.failed or counts.warning):
+    if code not in (SUCCESS, WARNING) and not (
+        counts.completed or counts.failed or counts.warning
+    ):
         return code, counts, str(comment) if comment else None
     return counts.final_code(), counts, None
 
 
 def _settled(counts: Counts) -> Counts:
-    return Counts(0, counts.completed, counts.failed + counts.remaining, counts.warning, counts.failed_uids)
+    return Counts(
+        0,
+        counts.completed,
+        counts.failed + counts.remaining,
+        counts.warning,
+        counts.failed_uids,
+    )

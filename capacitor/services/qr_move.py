@@ -13,7 +13,8 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from io import BytesIO
+from typing import TYPE_CHECKING, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_MOVE
@@ -35,7 +36,12 @@ from capacitor.services.progress import (
     Counts,
     Responder,
 )
-from capacitor.services.upstream import UpstreamUnavailable, associate, calling_title, query_contexts
+from capacitor.services.upstream import (
+    UpstreamUnavailable,
+    associate,
+    calling_title,
+    query_contexts,
+)
 from capacitor.spool.index import SpoolIndex
 from capacitor.state import RouterState
 
@@ -89,20 +95,38 @@ def move(
             peer.node.ae_title,
             title,
         )
-        responder.final(UNKNOWN_DESTINATION, comment=f"unknown move destination {title}")
+        responder.final(
+            UNKNOWN_DESTINATION, comment=f"unknown move destination {title}"
+        )
         return
     syntax = context.transfer_syntax[0]
     try:
-        identifier = decode(req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian)
+        identifier = decode(
+            cast(BytesIO, req.Identifier),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+        )
     except Exception as exc:  # noqa: BLE001 - pydicom raises assorted errors on bad data
-        LOGGER.error("C-MOVE from %s: identifier cannot be decoded: %s", peer.calling_ae, exc)
-        responder.final(IDENTIFIER_DOES_NOT_MATCH, comment="identifier cannot be decoded")
+        LOGGER.error(
+            "C-MOVE from %s: identifier cannot be decoded: %s", peer.calling_ae, exc
+        )
+        responder.final(
+            IDENTIFIER_DOES_NOT_MATCH, comment="identifier cannot be decoded"
+        )
         return
     request = MoveRequest(
-        peer, peer.node, found[0], str(req.AffectedSOPClassUID), str(syntax), identifier, int(req.MessageID)
+        peer,
+        peer.node,
+        found[0],
+        str(req.AffectedSOPClassUID),
+        str(syntax),
+        identifier,
+        int(cast(int, req.MessageID)),
     )
     if request.node.move_mode == "Route":
-        code, counts, comment = _move_routed(listener, service, state, request, responder)
+        code, counts, comment = _move_routed(
+            listener, service, state, request, responder
+        )
     else:
         code, counts, comment = _move_direct(service, state, request, responder)
     responder.final(code, counts, comment)
@@ -128,7 +152,9 @@ def upstream_counts(status: Dataset, previous: Counts) -> Counts:
         ("warning", "NumberOfWarningSuboperations"),
     ):
         value = status.get(keyword)
-        setattr(counts, name, int(value) if value is not None else getattr(previous, name))
+        setattr(
+            counts, name, int(value) if value is not None else getattr(previous, name)
+        )
     return counts
 
 
@@ -141,43 +167,68 @@ def failed_uids(identifier: Dataset | None) -> list[str]:
 
 
 def _move_direct(
-    service: RetrieveService, state: RouterState, request: MoveRequest, responder: Responder
+    service: RetrieveService,
+    state: RouterState,
+    request: MoveRequest,
+    responder: Responder,
 ) -> tuple[int, Counts, str | None]:
     """Have the upstream move straight to the destination; relay its counts.
 
     A final response without counts is completed from the last pending one,
-    and sub-operations still remaining then count as failed: Capacitor does
-    not report completion that nobody reported to it.
+    and sub-operations still remaining then count as failed, because
+    Capacitor reports only completions that the upstream reported.
     """
     config = state.config
     calling = calling_title(config, request.node, request.peer.calling_ae)
     counts = Counts()
     try:
-        with associate(config, request.node, query_contexts(request.sop_class, request.transfer_syntax), calling) as upstream:
+        with associate(
+            config,
+            request.node,
+            query_contexts(request.sop_class, request.transfer_syntax),
+            calling,
+        ) as upstream:
             message_id = next(_message_ids)
             responses = upstream.send_c_move(
-                request.identifier, request.destination.ae_title, request.sop_class, msg_id=message_id
+                request.identifier,
+                request.destination.ae_title,
+                request.sop_class,
+                msg_id=message_id,
             )
             cancel_sent = False
             for status, identifier in responses:
                 code = status.get("Status")
                 if code is None:
-                    return UPSTREAM_ABORTED, _unfinished(counts), f"upstream aborted ({request.node.ae_title})"
+                    return (
+                        UPSTREAM_ABORTED,
+                        _unfinished(counts),
+                        f"upstream aborted ({request.node.ae_title})",
+                    )
                 counts = upstream_counts(status, counts)
                 if int(code) == PENDING:
                     responder.pending(counts)
                     if not cancel_sent and service.is_cancelled(request.message_id):
                         cancel_sent = True
-                        upstream.send_c_cancel(message_id, query_model=request.sop_class)
+                        upstream.send_c_cancel(
+                            message_id, query_model=request.sop_class
+                        )
                     continue
-                counts.failed_uids += [u for u in failed_uids(identifier) if u not in counts.failed_uids]
+                counts.failed_uids += [
+                    u for u in failed_uids(identifier) if u not in counts.failed_uids
+                ]
                 return _direct_final(int(code), status, counts)
     except UpstreamUnavailable as exc:
         return UPSTREAM_UNREACHABLE, counts, f"upstream unreachable: {exc}"
-    return UPSTREAM_ABORTED, _unfinished(counts), f"upstream aborted ({request.node.ae_title})"
+    return (
+        UPSTREAM_ABORTED,
+        _unfinished(counts),
+        f"upstream aborted ({request.node.ae_title})",
+    )
 
 
-def _direct_final(code: int, status: Dataset, counts: Counts) -> tuple[int, Counts, str | None]:
+def _direct_final(
+    code: int, status: Dataset, counts: Counts
+) -> tuple[int, Counts, str | None]:
     if "NumberOfCompletedSuboperations" not in status:
         counts = _unfinished(counts)
     counts.remaining = 0
@@ -189,7 +240,13 @@ def _direct_final(code: int, status: Dataset, counts: Counts) -> tuple[int, Coun
 
 def _unfinished(counts: Counts) -> Counts:
     """Return `counts` with the sub-operations not reported done counted as failed."""
-    return Counts(0, counts.completed, counts.failed + counts.remaining, counts.warning, counts.failed_uids)
+    return Counts(
+        0,
+        counts.completed,
+        counts.failed + counts.remaining,
+        counts.warning,
+        counts.failed_uids,
+    )
 
 
 def _combined(ours: Counts, upstream: Counts, final: bool) -> Counts:
@@ -199,8 +256,12 @@ def _combined(ours: Counts, upstream: Counts, final: bool) -> Counts:
     while it runs, its remaining sub-operations are still to come.
     """
     remaining = ours.remaining + (0 if final else upstream.remaining)
-    uids = ours.failed_uids + [u for u in upstream.failed_uids if u not in ours.failed_uids]
-    return Counts(remaining, ours.completed, ours.failed + upstream.failed, ours.warning, uids)
+    uids = ours.failed_uids + [
+        u for u in upstream.failed_uids if u not in ours.failed_uids
+    ]
+    return Counts(
+        remaining, ours.completed, ours.failed + upstream.failed, ours.warning, uids
+    )
 
 
 def _move_routed(
@@ -219,31 +280,54 @@ def _move_routed(
     ending: tuple[int, str] | None = None
     try:
         try:
-            with associate(config, request.node, query_contexts(request.sop_class, request.transfer_syntax), calling) as upstream:
+            with associate(
+                config,
+                request.node,
+                query_contexts(request.sop_class, request.transfer_syntax),
+                calling,
+            ) as upstream:
                 responses = upstream.send_c_move(
-                    request.identifier, config["myAeTitle"], request.sop_class, msg_id=routed.message_id
+                    request.identifier,
+                    config["myAeTitle"],
+                    request.sop_class,
+                    msg_id=routed.message_id,
                 )
                 for status, identifier in responses:
                     code = status.get("Status")
                     if code is None:
-                        ending = (UPSTREAM_ABORTED, f"upstream aborted ({request.node.ae_title})")
+                        ending = (
+                            UPSTREAM_ABORTED,
+                            f"upstream aborted ({request.node.ae_title})",
+                        )
                         break
                     upstream_state = upstream_counts(status, upstream_state)
                     if int(code) == PENDING:
-                        responder.pending(_combined(routed.counts(index), upstream_state, final=False))
+                        responder.pending(
+                            _combined(routed.counts(index), upstream_state, final=False)
+                        )
                         if service.is_cancelled(request.message_id):
-                            upstream.send_c_cancel(routed.message_id, query_model=request.sop_class)
+                            upstream.send_c_cancel(
+                                routed.message_id, query_model=request.sop_class
+                            )
                         continue
                     upstream_state.failed_uids += failed_uids(identifier)
-                    if int(code) not in (SUCCESS, WARNING, CANCEL) and not routed.instances:
+                    if (
+                        int(code) not in (SUCCESS, WARNING, CANCEL)
+                        and not routed.instances
+                    ):
                         comment = status.get("ErrorComment")
-                        ending = (int(code), str(comment) if comment else "upstream failed the C-MOVE")
+                        ending = (
+                            int(code),
+                            str(comment) if comment else "upstream failed the C-MOVE",
+                        )
                     elif int(code) == CANCEL:
                         ending = (CANCEL, "")
                     break
         except UpstreamUnavailable as exc:
             return UPSTREAM_UNREACHABLE, Counts(), f"upstream unreachable: {exc}"
-        counts = _await_deliveries(service, state, request, responder, routed, upstream_state, index)
+        counts = _await_deliveries(
+            service, state, request, responder, routed, upstream_state, index
+        )
     finally:
         listener.moves.close(routed)
     if ending is not None:

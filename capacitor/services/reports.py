@@ -1,11 +1,11 @@
 """Storage commitment reports: decide outcomes and send N-EVENT-REPORTs (PS3.4 J.3.3).
 
-One thread settles waiting transactions (from delivery records, or as
-failed when a relayed node did not report in time) and sends each ready
-report to its requester on a new association, on which Capacitor proposes
-the Push Model with SCP/SCU Role Selection SCU-role 0, SCP-role 1. A report
-that cannot be sent is retried with growing delays; it is marked sent only
-after the requester's N-EVENT-REPORT-RSP arrives.
+One thread settles waiting transactions: from the delivery records, or as
+failed when a relayed node did not report in time. It sends each ready
+report to its requester on a new association, proposing the Push Model
+with SCP/SCU Role Selection SCU-role 0, SCP-role 1. A report that cannot be
+sent is retried with growing delays. It is marked sent only after the
+requester's N-EVENT-REPORT-RSP arrives.
 """
 
 from __future__ import annotations
@@ -44,10 +44,20 @@ def read_result(info: Dataset, referenced: list[tx.Reference]) -> tx.Result:
     """Read a node's report; a referenced instance it does not mention counts as failed."""
     result = tx.Result()
     for item in info.get("ReferencedSOPSequence") or ():
-        result.success.append((str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID)))
+        result.success.append(
+            (str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID))
+        )
     for item in info.get("FailedSOPSequence") or ():
-        reason = int(item.get("FailureReason", tx.PROCESSING_FAILURE) or tx.PROCESSING_FAILURE)
-        result.failed.append((str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID), reason))
+        reason = int(
+            item.get("FailureReason", tx.PROCESSING_FAILURE) or tx.PROCESSING_FAILURE
+        )
+        result.failed.append(
+            (
+                str(item.ReferencedSOPClassUID),
+                str(item.ReferencedSOPInstanceUID),
+                reason,
+            )
+        )
     mentioned = {i for _, i in result.success} | {i for _, i, _ in result.failed}
     for sop_class, sop_instance in referenced:
         if sop_instance not in mentioned:
@@ -81,7 +91,9 @@ def _item(sop_class: str, sop_instance: str) -> Dataset:
 class ReportSender(threading.Thread):
     """Settle transactions and deliver their reports until stopped."""
 
-    def __init__(self, state: Callable[[], RouterState], table: tx.TransactionTable) -> None:
+    def __init__(
+        self, state: Callable[[], RouterState], table: tx.TransactionTable
+    ) -> None:
         super().__init__(name="commitment-reports", daemon=True)
         self.state = state
         self.table = table
@@ -102,8 +114,10 @@ class ReportSender(threading.Thread):
             try:
                 self._settle_waiting()
                 self._send_due()
-            except Exception:  # noqa: BLE001 - the thread must outlive any one bad transaction
-                LOGGER.exception("Storage commitment reports failed unexpectedly; retrying shortly")
+            except Exception:
+                LOGGER.exception(
+                    "Storage commitment reports failed unexpectedly; retrying shortly"
+                )
             self._wake.wait(_POLL_SECONDS)
             self._wake.clear()
 
@@ -120,7 +134,9 @@ class ReportSender(threading.Thread):
                     row.transaction_uid,
                     row.relay_node,
                 )
-                result = tx.Result(failed=[(c, i, tx.PROCESSING_FAILURE) for c, i in row.referenced])
+                result = tx.Result(
+                    failed=[(c, i, tx.PROCESSING_FAILURE) for c, i in row.referenced]
+                )
             else:
                 result = None
             if result is not None:
@@ -158,15 +174,22 @@ class ReportSender(threading.Thread):
         info, event_type = build_report(row.transaction_uid, row.result)
         context = build_context(STORAGE_COMMITMENT_PUSH, VERIFICATION_SYNTAXES)
         role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
+
         try:
-            with associate(config, nodes[0], [context], config["myAeTitle"], ext_neg=[role]) as assoc:
+            with associate(
+                config, nodes[0], [context], config["myAeTitle"], ext_neg=[role]
+            ) as assoc:
                 reply, _ = assoc.send_n_event_report(
-                    info, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
+                    info,
+                    event_type,
+                    STORAGE_COMMITMENT_PUSH,
+                    STORAGE_COMMITMENT_INSTANCE,
                 )
         except UpstreamUnavailable as exc:
             return str(exc)
         except (ValueError, RuntimeError) as exc:
             return f"cannot send: {exc}"
+
         code = reply.get("Status") if reply is not None else None
         if code is None:
             return "no N-EVENT-REPORT-RSP"

@@ -14,6 +14,7 @@ import logging
 import weakref
 from typing import TYPE_CHECKING
 
+from pydicom.uid import UID
 from pynetdicom import sop_class
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
@@ -37,17 +38,21 @@ STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 RETRIEVE_MODELS = (PATIENT_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_MOVE, STUDY_ROOT_GET)
 
-_listeners: weakref.WeakKeyDictionary[Association, QueryRetrieveSCP] = weakref.WeakKeyDictionary()
+_listeners: weakref.WeakKeyDictionary[Association, QueryRetrieveSCP] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class RetrieveService(ServiceClass):
     """Dispatch C-MOVE and C-GET requests to the listener that accepted the association."""
 
-    def SCP(self, req: C_MOVE | C_GET, context: PresentationContext) -> None:  # noqa: N802 - pynetdicom's name
+    def SCP(self, req: C_MOVE | C_GET, context: PresentationContext) -> None:
         responder = Responder(self.dimse, context, req)
         listener = _listeners.get(self.assoc)
         if listener is None:
-            responder.final(0xC000, comment="retrieve service not set up for this association")
+            responder.final(
+                0xC000, comment="retrieve service not set up for this association"
+            )
             return
         if isinstance(req, C_MOVE):
             listener.move(self, req, context, responder)
@@ -60,16 +65,16 @@ class RetrieveService(ServiceClass):
 def serve_retrieves(assoc: Association, listener: QueryRetrieveSCP) -> None:
     """Have RetrieveService serve the retrieve SOP classes on `assoc`.
 
-    pynetdicom chooses a service class by SOP class UID, after looking the
-    UID up in the association's SOP Class Common Extended Negotiation table;
-    an entry there maps each retrieve model to RETRIEVE_PROXY_SERVICE.
+    pynetdicom looks a request's SOP class UID up in the association's SOP
+    Class Common Extended Negotiation table before it chooses a service
+    class. An entry there maps each retrieve model to RETRIEVE_PROXY_SERVICE.
     """
     _listeners[assoc] = listener
     for uid in RETRIEVE_MODELS:
         item = SOPClassCommonExtendedNegotiation()
         item.sop_class_uid = uid
         item.service_class_uid = RETRIEVE_PROXY_SERVICE
-        assoc.acceptor._common_ext[item.sop_class_uid] = item  # noqa: SLF001
+        assoc.acceptor._common_ext[UID(uid)] = item
 
 
-sop_class._SERVICE_CLASSES[RETRIEVE_PROXY_SERVICE] = RetrieveService  # noqa: SLF001
+sop_class._SERVICE_CLASSES[RETRIEVE_PROXY_SERVICE] = RetrieveService

@@ -1,13 +1,13 @@
 """Storage commitment transactions, kept in the spool's SQLite database.
 
-A transaction is stored when its N-ACTION is accepted and stays until its
-N-EVENT-REPORT has been answered by the requester, so reports still to be
-sent survive a restart. States:
+A transaction is stored when its N-ACTION is accepted. It stays until the
+requester has acknowledged its N-EVENT-REPORT, so reports still to be sent
+survive a restart. States:
 
 * ``waiting``: the outcome is not known yet (deliveries outstanding, or the
   relayed node has not reported)
 * ``ready``: the outcome is known; the report is due at ``next_attempt_at``
-* ``sent``: the requester answered the N-EVENT-REPORT
+* ``sent``: the requester acknowledged the N-EVENT-REPORT
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from capacitor.spool.index import DELIVERED, IN_FLIGHT, QUEUED, RETRYING, ROUTED, SpoolIndex
+from capacitor.spool.index import (
+    DELIVERED,
+    IN_FLIGHT,
+    QUEUED,
+    RETRYING,
+    ROUTED,
+    SpoolIndex,
+)
 
 WAITING = "waiting"
 READY = "ready"
@@ -109,8 +116,17 @@ class TransactionTable:
                 "INSERT OR IGNORE INTO commitment_transactions (transaction_uid, requester,"
                 " calling_ae, relay_node, referenced, state, created_at, deadline, next_attempt_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (transaction_uid, requester, calling_ae, relay_node, json.dumps(referenced),
-                 WAITING, now, now + timeout, now),
+                (
+                    transaction_uid,
+                    requester,
+                    calling_ae,
+                    relay_node,
+                    json.dumps(referenced),
+                    WAITING,
+                    now,
+                    now + timeout,
+                    now,
+                ),
             )
             return cursor.rowcount == 1
 
@@ -121,21 +137,30 @@ class TransactionTable:
                 (transaction_uid, requester),
             )
 
-    def in_state(self, state: str, due_before: float | None = None) -> list[Transaction]:
+    def in_state(
+        self, state: str, due_before: float | None = None
+    ) -> list[Transaction]:
         sql = "SELECT * FROM commitment_transactions WHERE state = ?"
         values: list[object] = [state]
         if due_before is not None:
             sql += " AND next_attempt_at <= ?"
             values.append(due_before)
-        return [self._row(row) for row in self.index.connection().execute(sql + " ORDER BY id", values)]
+        return [
+            self._row(row)
+            for row in self.index.connection().execute(sql + " ORDER BY id", values)
+        ]
 
     def relayed(self, transaction_uid: str, relay_node: str) -> Transaction | None:
         """Return the transaction relayed to `relay_node` with this UID, if any."""
-        row = self.index.connection().execute(
-            "SELECT * FROM commitment_transactions WHERE transaction_uid = ? AND relay_node = ?"
-            " ORDER BY id DESC LIMIT 1",
-            (transaction_uid, relay_node),
-        ).fetchone()
+        row = (
+            self.index.connection()
+            .execute(
+                "SELECT * FROM commitment_transactions WHERE transaction_uid = ? AND relay_node = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (transaction_uid, relay_node),
+            )
+            .fetchone()
+        )
         return None if row is None else self._row(row)
 
     def settle(self, row_id: int, result: Result) -> bool:
@@ -181,7 +206,9 @@ class TransactionTable:
             if verdict == 0:
                 result.success.append((sop_class, sop_instance))
             else:
-                result.failed.append((sop_class, sop_instance, verdict or PROCESSING_FAILURE))
+                result.failed.append(
+                    (sop_class, sop_instance, verdict or PROCESSING_FAILURE)
+                )
         return result
 
     def _verdict(self, sop_class: str, sop_instance: str) -> int | None:
@@ -198,7 +225,12 @@ class TransactionTable:
             return CLASS_INSTANCE_CONFLICT
         pending = False
         for instance_id, _, status in rows:
-            states = [s for (s,) in db.execute("SELECT state FROM deliveries WHERE instance_id = ?", (instance_id,))]
+            states = [
+                s
+                for (s,) in db.execute(
+                    "SELECT state FROM deliveries WHERE instance_id = ?", (instance_id,)
+                )
+            ]
             if status == ROUTED and states and all(s == DELIVERED for s in states):
                 return 0
             if any(s in (QUEUED, IN_FLIGHT, RETRYING) for s in states):
@@ -207,7 +239,20 @@ class TransactionTable:
 
     @staticmethod
     def _row(row: tuple[object, ...]) -> Transaction:
-        (row_id, uid, requester, calling, relay, referenced, state, result, _, deadline, attempts, *_) = row
+        (
+            row_id,
+            uid,
+            requester,
+            calling,
+            relay,
+            referenced,
+            state,
+            result,
+            _,
+            deadline,
+            attempts,
+            *_,
+        ) = row
         return Transaction(
             int(row_id),  # type: ignore[call-overload]
             str(uid),

@@ -36,13 +36,15 @@ def calling_title(config: Config, node: Node, calling_ae: str) -> str:
     return calling_ae if node.impersonate and calling_ae else str(config["myAeTitle"])
 
 
-def query_contexts(abstract_syntax: str, transfer_syntax: str) -> list[PresentationContext]:
+def query_contexts(
+    abstract_syntax: str, transfer_syntax: str
+) -> list[PresentationContext]:
     """Propose `abstract_syntax` with the requester's transfer syntax first.
 
     A dataset re-encoded in the transfer syntax it arrived in keeps the bytes
-    of every element, so the preferred context carries only that syntax; the
-    second context lets an upstream that does not support it answer in an
-    uncompressed syntax.
+    of every element, so the preferred context carries only that syntax. The
+    second context lets an upstream that does not support it use an
+    uncompressed syntax instead.
     """
     contexts = [build_context(abstract_syntax, [transfer_syntax])]
     fallback = [syntax for syntax in UNCOMPRESSED if syntax != transfer_syntax]
@@ -87,7 +89,7 @@ def open_association(
     ae.dimse_timeout = float(config["dimseTimeoutSeconds"])
     ae.network_timeout = float(config["dimseTimeoutSeconds"])
     ae.maximum_pdu_size = config["maxPduSize"]
-    all_handlers = [
+    all_handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, install_gate),
         (evt.EVT_ABORTED, wake_waiters),
         (evt.EVT_CONN_CLOSE, wake_waiters),
@@ -126,9 +128,11 @@ def associate(
 
 
 def close(assoc: Association) -> None:
-    """Release `assoc` if it is still established; never raise."""
+    """Release `assoc` if it is still established; a failure is logged, not raised."""
     try:
         if assoc.is_established:
             assoc.release()
     except Exception as exc:  # noqa: BLE001 - closing must never raise
-        LOGGER.debug("Closing the association with %s failed: %s", assoc.acceptor.ae_title, exc)
+        LOGGER.debug(
+            "Closing the association with %s failed: %s", assoc.acceptor.ae_title, exc
+        )

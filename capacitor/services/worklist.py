@@ -1,10 +1,10 @@
 """The Modality Worklist SCP: C-FIND proxied to a Worklist node (PS3.4 Annex K).
 
-Each query runs the ``worklist_query`` rules, is answered from the cache or
-forwarded to the node the called AE title selects, and each row runs the
-``worklist_result`` rules, which may exclude it. When the node cannot be
-reached, cached rows within ``worklistStaleSeconds`` are returned; without
-them the caller gets 0xC001 with an error comment.
+Each query runs the ``worklist_query`` rules. The cache then supplies the
+matches, or the query goes to the node that the called AE title selects.
+Each match runs the ``worklist_result`` rules, which may exclude it. When
+the node cannot be reached, cached rows within ``worklistStaleSeconds`` are
+returned, and without them the caller gets 0xC001 with an error comment.
 """
 
 from __future__ import annotations
@@ -48,15 +48,22 @@ class WorklistSCP(ServiceListener):
     def handlers(self) -> list[Handler]:
         return [*super().handlers(), (evt.EVT_C_FIND, self.handle_find)]
 
-    def handle_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    def handle_find(
+        self, event: evt.Event
+    ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         state = self.state()
         peer = self.peer(event)
         assert peer.node is not None  # the negotiator accepted only a Worklist node
         try:
             identifier = event.identifier
         except Exception as exc:  # noqa: BLE001 - pydicom raises assorted errors on bad data
-            LOGGER.error("C-FIND from %s: identifier cannot be decoded: %s", peer.calling_ae, exc)
-            yield ids.status(CANNOT_DECODE, f"identifier cannot be decoded: {exc}"), None
+            LOGGER.error(
+                "C-FIND from %s: identifier cannot be decoded: %s", peer.calling_ae, exc
+            )
+            yield (
+                ids.status(CANNOT_DECODE, f"identifier cannot be decoded: {exc}"),
+                None,
+            )
             return
         request = FindRequest(
             peer,
@@ -69,6 +76,7 @@ class WorklistSCP(ServiceListener):
             lambda: bool(event.is_cancelled),
         )
         rows, status, source = self._answer(state, request)
+
         count = 0
         for row in rows:
             finished = find.finish_row(state, request, row)
@@ -76,10 +84,13 @@ class WorklistSCP(ServiceListener):
                 continue
             count += 1
             yield find.PENDING, finished
-        find.log_request(request, status, count, source)
+
+        find.log_request("worklist", request, status, count, source)
         yield status, None
 
-    def _answer(self, state: RouterState, request: FindRequest) -> tuple[list[Dataset], Dataset, str]:
+    def _answer(
+        self, state: RouterState, request: FindRequest
+    ) -> tuple[list[Dataset], Dataset, str]:
         """Return the rows, the final status and where they came from."""
         config = state.config
         query = find.run_query_rules(state, request)
@@ -88,7 +99,11 @@ class WorklistSCP(ServiceListener):
         if key is not None:
             cached = self.cache.fresh(config, key)
             if cached is not None:
-                return cached.datasets(), ids.status(find.SUCCESS), f"cache ({cached.age():.0f} s old)"
+                return (
+                    cached.datasets(),
+                    ids.status(find.SUCCESS),
+                    f"cache ({cached.age():.0f} s old)",
+                )
 
         rows: list[Dataset] = []
         upstream = find.drain(find.query_upstream(state, request, query), rows.append)
@@ -102,7 +117,7 @@ class WorklistSCP(ServiceListener):
                 LOGGER.warning(
                     "Worklist node %s %s; answering %s from cached rows up to %.0f s old",
                     request.node.ae_title,
-                    upstream.error,
+                    upstream.failure,
                     request.peer.calling_ae,
                     stale[1],
                 )
@@ -111,6 +126,6 @@ class WorklistSCP(ServiceListener):
             LOGGER.error(
                 "Worklist node %s %s and no cached rows within worklistStaleSeconds",
                 request.node.ae_title,
-                upstream.error,
+                upstream.failure,
             )
         return [], find.final_status(request, upstream), "upstream"
