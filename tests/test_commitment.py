@@ -320,3 +320,21 @@ def test_relayed_report_reaches_modality_once(router, modality, mode):
     assert uids_of(info, "FailedSOPSequence") == ["2.25.112"]
     assert info.FailedSOPSequence[0].FailureReason == 0x0112
     assert modality.roles == [(False, True)]
+
+
+def test_repeated_transaction_uid_after_report(router, sinks, make_files, modality):
+    archive = sinks("ARCHIVE")
+    capacitor = commit_router(router, [archive.node(), modality.node()])
+    sent = make_files(1)
+    assert storescu(capacitor.port, sent, called="ARCHIVE").returncode == 0
+    port = capacitor.config["storageCommitScpPort"]
+    request = commitment_request("2.25.905", sop_uids(sent))
+
+    first = n_action(port, "CAPACITOR", request)
+    modality.wait_for_report()
+    second = n_action(port, "CAPACITOR", request)
+    wait_until(lambda: len(modality.reports) == 2, 30, "a second N-EVENT-REPORT at MOD_CT")
+
+    assert first == 0x0000
+    assert second == 0x0000
+    assert [event_type for event_type, _ in modality.reports] == [1, 1]

@@ -168,7 +168,7 @@ class CommitmentSCP(ServiceListener):
             timeout,
         ):
             LOGGER.info(
-                "Transaction %s from %s is already known; not started again",
+                "Transaction %s from %s is still outstanding; not started again",
                 uid,
                 requester,
             )

@@ -109,24 +109,28 @@ class TransactionTable:
         referenced: list[Reference],
         timeout: float,
     ) -> bool:
-        """Store a new transaction; return False if the requester already sent this UID."""
+        """Store a transaction; return False if the same one is still outstanding.
+
+        A requester that sends a Transaction UID again after its report was
+        sent gets the transaction started afresh, with a new report.
+        """
         now = time.time()
+        values = (relay_node, json.dumps(referenced), WAITING, now, now + timeout, now)
         with self.index.transaction() as db:
             cursor = db.execute(
-                "INSERT OR IGNORE INTO commitment_transactions (transaction_uid, requester,"
-                " calling_ae, relay_node, referenced, state, created_at, deadline, next_attempt_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    transaction_uid,
-                    requester,
-                    calling_ae,
-                    relay_node,
-                    json.dumps(referenced),
-                    WAITING,
-                    now,
-                    now + timeout,
-                    now,
-                ),
+                "UPDATE commitment_transactions SET relay_node = ?, referenced = ?,"
+                " state = ?, result = NULL, created_at = ?, deadline = ?,"
+                " next_attempt_at = ?, attempts = 0, last_error = NULL, sent_at = NULL"
+                " WHERE transaction_uid = ? AND requester = ? AND state = ?",
+                (*values, transaction_uid, requester, SENT),
+            )
+            if cursor.rowcount == 1:
+                return True
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO commitment_transactions (relay_node, referenced,"
+                " state, created_at, deadline, next_attempt_at, transaction_uid,"
+                " requester, calling_ae) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*values, transaction_uid, requester, calling_ae),
             )
             return cursor.rowcount == 1
 
