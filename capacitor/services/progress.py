@@ -52,6 +52,16 @@ class Counts:
     def as_tuple(self) -> tuple[int, int, int, int]:
         return (self.remaining, self.completed, self.failed, self.warning)
 
+    def unfinished(self) -> Counts:
+        """Return these counts with every sub-operation not reported done as failed."""
+        return Counts(
+            0,
+            self.completed,
+            self.failed + self.remaining,
+            self.warning,
+            self.failed_uids,
+        )
+
     def final_code(self) -> int:
         """Return the final status these counts call for."""
         if self.failed and not (self.completed or self.warning):
@@ -59,6 +69,29 @@ class Counts:
         if self.failed or self.warning:
             return WARNING
         return SUCCESS
+
+
+def upstream_counts(status: Dataset, previous: Counts) -> Counts:
+    """Read the counts of an upstream response, keeping earlier ones it leaves out."""
+    counts = Counts(failed_uids=list(previous.failed_uids))
+    for name, keyword in (
+        ("remaining", "NumberOfRemainingSuboperations"),
+        ("completed", "NumberOfCompletedSuboperations"),
+        ("failed", "NumberOfFailedSuboperations"),
+        ("warning", "NumberOfWarningSuboperations"),
+    ):
+        value = status.get(keyword)
+        setattr(counts, name, getattr(previous, name) if value is None else int(value))
+    return counts
+
+
+def failed_uids(identifier: Dataset | None) -> list[str]:
+    """Return the Failed SOP Instance UID List of a response identifier, if any."""
+    if identifier is None or "FailedSOPInstanceUIDList" not in identifier:
+        return []
+    value = identifier.FailedSOPInstanceUIDList
+    values = [value] if isinstance(value, str) else list(value or ())
+    return [str(uid) for uid in values if str(uid)]
 
 
 class Responder:

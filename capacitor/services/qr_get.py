@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +29,7 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from capacitor.config.nodes import Node
 from capacitor.scp.negotiation import Peer
+from capacitor.services.find import PENDING_WARNING
 from capacitor.services.progress import (
     CANCEL,
     IDENTIFIER_DOES_NOT_MATCH,
@@ -39,8 +41,9 @@ from capacitor.services.progress import (
     WARNING,
     Counts,
     Responder,
+    failed_uids,
+    upstream_counts,
 )
-from capacitor.services.qr_move import failed_uids, upstream_counts
 from capacitor.services.upstream import (
     UpstreamUnavailable,
     associate,
@@ -67,6 +70,25 @@ _MAX_CONTEXTS = 128
 _message_ids = itertools.cycle(range(1, 0x10000))
 _UNIQUE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
+Outcome = tuple[int, Counts, str | None]  # (final status, counts, error comment)
+
+
+@dataclass
+class GetRequest:
+    """One inbound C-GET with the node it goes to."""
+
+    peer: Peer
+    node: Node
+    sop_class: str
+    transfer_syntax: str
+    identifier: Dataset
+    message_id: int
+
+    @property
+    def aborted(self) -> str:
+        """The error comment for an upstream that aborted the C-GET."""
+        return f"upstream aborted ({self.node.ae_title})"
+
 
 def get(
     listener: QueryRetrieveSCP,
@@ -77,11 +99,44 @@ def get(
 ) -> None:
     """Serve one C-GET request; every path ends with exactly one final response."""
     state = listener.state()
-    inbound = service.assoc
-    peer = listener.negotiator.peer(inbound)
-    assert peer.node is not None
+    request = _get_request(listener, service, req, context, responder)
+    if request is None:
+        return
+
+    storage = storage_contexts(service.assoc)
+    if storage:
+        code, counts, comment = _relay(state, service, request, storage, responder)
+    else:
+        code, counts, comment = _without_storage_role(state, request)
+    responder.final(code, counts, comment)
+
+    peer = request.peer
+    LOGGER.info(
+        "C-GET from %s (%s) to %s via %s: status 0x%04X, "
+        "%d completed, %d failed, %d warning%s",
+        peer.calling_ae,
+        peer.calling_ip,
+        peer.called_ae,
+        request.node.ae_title,
+        code,
+        counts.completed,
+        counts.failed,
+        counts.warning,
+        f" ({comment})" if comment else "",
+    )
+
+
+def _get_request(
+    listener: QueryRetrieveSCP,
+    service: RetrieveService,
+    req: C_GET,
+    context: PresentationContext,
+    responder: Responder,
+) -> GetRequest | None:
+    """Decode the identifier; return None after answering a failure itself."""
+    peer = listener.negotiator.peer(service.assoc)
+    assert peer.node is not None  # the negotiator accepted only a QueryRetrieve node
     syntax = context.transfer_syntax[0]
-    sop_class = str(req.AffectedSOPClassUID)
     try:
         identifier = decode(
             cast(BytesIO, req.Identifier),
@@ -95,36 +150,14 @@ def get(
         responder.final(
             IDENTIFIER_DOES_NOT_MATCH, comment="identifier cannot be decoded"
         )
-        return
-    storage = storage_contexts(inbound)
-    if storage:
-        code, counts, comment = _relay(
-            service,
-            state,
-            peer,
-            peer.node,
-            sop_class,
-            str(syntax),
-            identifier,
-            storage,
-            responder,
-        )
-    else:
-        code, counts, comment = _without_storage_role(
-            state, peer, peer.node, sop_class, str(syntax), identifier
-        )
-    responder.final(code, counts, comment)
-    LOGGER.info(
-        "C-GET from %s (%s) to %s via %s: status 0x%04X, %d completed, %d failed, %d warning%s",
-        peer.calling_ae,
-        peer.calling_ip,
-        peer.called_ae,
-        peer.node.ae_title,
-        code,
-        counts.completed,
-        counts.failed,
-        counts.warning,
-        f" ({comment})" if comment else "",
+        return None
+    return GetRequest(
+        peer,
+        peer.node,
+        str(req.AffectedSOPClassUID),
+        str(syntax),
+        identifier,
+        int(cast(int, req.MessageID)),
     )
 
 
@@ -138,19 +171,12 @@ def storage_contexts(assoc: Association) -> list[PresentationContext]:
     ]
 
 
-def _without_storage_role(
-    state: RouterState,
-    peer: Peer,
-    node: Node,
-    sop_class: str,
-    syntax: str,
-    identifier: Dataset,
-) -> tuple[int, Counts, str]:
-    uids = _list_instances(state, peer, node, sop_class, syntax, identifier)
+def _without_storage_role(state: RouterState, request: GetRequest) -> Outcome:
+    uids = _list_instances(state, request)
     LOGGER.warning(
         "C-GET from %s: the requester negotiated no storage context with SCP/SCU Role "
         "Selection (SCP role), so no C-STORE sub-operation can be sent; %d failed",
-        peer.calling_ae,
+        request.peer.calling_ae,
         len(uids),
     )
     counts = Counts()
@@ -159,41 +185,33 @@ def _without_storage_role(
     return UNABLE_TO_PERFORM, counts, "no storage context with SCP role selection"
 
 
-def _list_instances(
-    state: RouterState,
-    peer: Peer,
-    node: Node,
-    sop_class: str,
-    syntax: str,
-    identifier: Dataset,
-) -> list[str]:
-    """Return the SOP Instance UIDs the C-GET would retrieve, found by an IMAGE-level C-FIND."""
-    find_model = FIND_MODEL_OF.get(sop_class)
+def _list_instances(state: RouterState, request: GetRequest) -> list[str]:
+    """Return the SOP Instance UIDs the C-GET would retrieve, by an IMAGE-level C-FIND."""
+    find_model = FIND_MODEL_OF.get(request.sop_class)
     if find_model is None:
         return []
     query = Dataset()
     query.QueryRetrieveLevel = "IMAGE"
     for keyword in _UNIQUE_KEYS:
-        query.setdefault(keyword, identifier.get(keyword, ""))
-    calling = calling_title(state.config, node, peer.calling_ae)
+        query.setdefault(keyword, request.identifier.get(keyword, ""))
+
+    calling = calling_title(state.config, request.node, request.peer.calling_ae)
+    contexts = query_contexts(find_model, request.transfer_syntax)
     uids: list[str] = []
     try:
-        with associate(
-            state.config, node, query_contexts(find_model, syntax), calling
-        ) as upstream:
-            for status, match in upstream.send_c_find(
+        with associate(state.config, request.node, contexts, calling) as upstream:
+            responses = upstream.send_c_find(
                 query, find_model, msg_id=next(_message_ids)
-            ):
+            )
+            for status, match in responses:
                 if match is not None and match.get("SOPInstanceUID"):
                     uids.append(str(match.SOPInstanceUID))
-                if status.get("Status") is None or int(status.Status) not in (
-                    PENDING,
-                    0xFF01,
-                ):
+                code = status.get("Status")
+                if code is None or int(code) not in (PENDING, PENDING_WARNING):
                     break
     except UpstreamUnavailable as exc:
         LOGGER.warning(
-            "C-GET from %s: cannot list the instances: %s", peer.calling_ae, exc
+            "C-GET from %s: cannot list the instances: %s", request.peer.calling_ae, exc
         )
     return uids
 
@@ -246,56 +264,63 @@ class _StoreRelay:
 
 
 def _relay(
-    service: RetrieveService,
     state: RouterState,
-    peer: Peer,
-    node: Node,
-    sop_class: str,
-    syntax: str,
-    identifier: Dataset,
+    service: RetrieveService,
+    request: GetRequest,
     storage: list[PresentationContext],
     responder: Responder,
-) -> tuple[int, Counts, str | None]:
+) -> Outcome:
+    """C-GET from the upstream, sending each instance on to the requester."""
     counts = Counts()
-    relay = _StoreRelay(service.assoc, responder, counts)
-    contexts = query_contexts(sop_class, syntax)
-    roles: list[SCP_SCU_RoleSelectionNegotiation] = []
-    for cx in storage[: _MAX_CONTEXTS - len(contexts)]:
-        contexts.append(build_context(str(cx.abstract_syntax), [cx.transfer_syntax[0]]))
-        if cx.abstract_syntax not in [r.sop_class_uid for r in roles]:
-            roles.append(build_role(str(cx.abstract_syntax), scp_role=True))
-    calling = calling_title(state.config, node, peer.calling_ae)
+    handlers = [(evt.EVT_C_STORE, _StoreRelay(service.assoc, responder, counts))]
+    contexts, roles = _upstream_contexts(request, storage)
+    calling = calling_title(state.config, request.node, request.peer.calling_ae)
     message_id = next(_message_ids)
     try:
         with associate(
-            state.config, node, contexts, calling, [(evt.EVT_C_STORE, relay)], roles
+            state.config, request.node, contexts, calling, handlers, roles
         ) as upstream:
-            for status, found in upstream.send_c_get(
-                identifier, sop_class, msg_id=message_id
-            ):
+            responses = upstream.send_c_get(
+                request.identifier, request.sop_class, msg_id=message_id
+            )
+            for status, found in responses:
                 code = status.get("Status")
                 if code is None:
-                    return (
-                        UPSTREAM_ABORTED,
-                        _settled(counts),
-                        f"upstream aborted ({node.ae_title})",
-                    )
+                    return UPSTREAM_ABORTED, counts.unfinished(), request.aborted
                 reported = upstream_counts(status, Counts())
-                if int(code) == PENDING:
-                    counts.remaining = reported.remaining
-                    responder.pending(counts)
-                    if service.is_cancelled(cast(int, responder.request.MessageID)):
-                        upstream.send_c_cancel(message_id, query_model=sop_class)
-                    continue
-                return _final(int(code), status, found, counts, reported)
+                if int(code) != PENDING:
+                    return _final(int(code), status, found, counts, reported)
+
+                counts.remaining = reported.remaining
+                responder.pending(counts)
+                if service.is_cancelled(request.message_id):
+                    upstream.send_c_cancel(message_id, query_model=request.sop_class)
     except UpstreamUnavailable as exc:
         return UPSTREAM_UNREACHABLE, counts, f"upstream unreachable: {exc}"
-    return UPSTREAM_ABORTED, _settled(counts), f"upstream aborted ({node.ae_title})"
+    return UPSTREAM_ABORTED, counts.unfinished(), request.aborted
+
+
+def _upstream_contexts(
+    request: GetRequest, storage: list[PresentationContext]
+) -> tuple[list[PresentationContext], list[SCP_SCU_RoleSelectionNegotiation]]:
+    """Propose the Get model, and each storage context the requester accepted with our SCP role.
+
+    Each storage context keeps the requester's transfer syntax, so an
+    instance can be sent on without conversion.
+    """
+    contexts = query_contexts(request.sop_class, request.transfer_syntax)
+    roles: list[SCP_SCU_RoleSelectionNegotiation] = []
+    for cx in storage[: _MAX_CONTEXTS - len(contexts)]:
+        uid = str(cx.abstract_syntax)
+        contexts.append(build_context(uid, [cx.transfer_syntax[0]]))
+        if uid not in {str(role.sop_class_uid) for role in roles}:
+            roles.append(build_role(uid, scp_role=True))
+    return contexts, roles
 
 
 def _final(
     code: int, status: Dataset, found: Dataset | None, counts: Counts, reported: Counts
-) -> tuple[int, Counts, str | None]:
+) -> Outcome:
     """Combine the upstream's final response with what Capacitor sent.
 
     The upstream counts the instances the requester refused as failed too,
@@ -304,21 +329,11 @@ def _final(
     counts.remaining = 0
     counts.failed = max(counts.failed, reported.failed)
     counts.failed_uids += [u for u in failed_uids(found) if u not in counts.failed_uids]
-    comment = status.get("ErrorComment")
     if code == CANCEL:
         return CANCEL, counts, None
     if code not in (SUCCESS, WARNING) and not (
         counts.completed or counts.failed or counts.warning
     ):
+        comment = status.get("ErrorComment")
         return code, counts, str(comment) if comment else None
     return counts.final_code(), counts, None
-
-
-def _settled(counts: Counts) -> Counts:
-    return Counts(
-        0,
-        counts.completed,
-        counts.failed + counts.remaining,
-        counts.warning,
-        counts.failed_uids,
-    )

@@ -1,17 +1,17 @@
 """C-MOVE through the Query/Retrieve SCP (PS3.4 C.4.2).
 
-The Move Destination must be a Storage node; any other title gets 0xA801 at
+The Move Destination must be a Storage node. Any other title gets 0xA801 at
 once, without a request to the upstream node. With the node's MoveMode
-Direct the upstream sends the instances straight to the destination and its
-counts are relayed. With MoveMode Route it sends them to Capacitor, which
-routes and delivers them from its spool and counts each delivery itself.
+Direct, the upstream sends the instances straight to the destination and
+its counts are relayed. With MoveMode Route, it sends them to Capacitor,
+which routes and delivers them from its spool and counts each delivery
+itself (see :mod:`capacitor.services.routed`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import time
 from dataclasses import dataclass
 from io import BytesIO
 from typing import TYPE_CHECKING, cast
@@ -23,9 +23,7 @@ from pynetdicom.presentation import PresentationContext
 
 from capacitor.config.nodes import STORAGE, Node
 from capacitor.scp.negotiation import Peer
-from capacitor.services.moves import RoutedMove
 from capacitor.services.progress import (
-    CANCEL,
     IDENTIFIER_DOES_NOT_MATCH,
     PENDING,
     SUCCESS,
@@ -35,14 +33,16 @@ from capacitor.services.progress import (
     WARNING,
     Counts,
     Responder,
+    failed_uids,
+    upstream_counts,
 )
+from capacitor.services.routed import move_routed
 from capacitor.services.upstream import (
     UpstreamUnavailable,
     associate,
     calling_title,
     query_contexts,
 )
-from capacitor.spool.index import SpoolIndex
 from capacitor.state import RouterState
 
 if TYPE_CHECKING:
@@ -51,14 +51,14 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 
-# How often a routed move looks at its deliveries.
-_POLL_SECONDS = 0.2
 _message_ids = itertools.cycle(range(1, 0x10000))
+
+Outcome = tuple[int, Counts, str | None]  # (final status, counts, error comment)
 
 
 @dataclass
 class MoveRequest:
-    """One inbound C-MOVE with what it resolved to."""
+    """One inbound C-MOVE with the nodes it resolved to."""
 
     peer: Peer
     node: Node
@@ -71,8 +71,14 @@ class MoveRequest:
     def describe(self) -> str:
         return (
             f"C-MOVE from {self.peer.calling_ae} ({self.peer.calling_ip}) to "
-            f"{self.peer.called_ae} via {self.node.ae_title}, destination {self.destination.ae_title}"
+            f"{self.peer.called_ae} via {self.node.ae_title}, "
+            f"destination {self.destination.ae_title}"
         )
+
+    @property
+    def aborted(self) -> str:
+        """The error comment for an upstream that aborted the C-MOVE."""
+        return f"upstream aborted ({self.node.ae_title})"
 
 
 def move(
@@ -83,14 +89,50 @@ def move(
     responder: Responder,
 ) -> None:
     """Serve one C-MOVE request; every path ends with exactly one final response."""
+    request = _move_request(listener, service, req, context, responder)
+    if request is None:
+        return
+
+    if request.node.move_mode == "Route":
+        code, counts, comment = move_routed(listener, service, request, responder)
+    else:
+        code, counts, comment = _move_direct(
+            listener.state(), service, request, responder
+        )
+    responder.final(code, counts, comment)
+
+    LOGGER.info(
+        "%s (%s): status 0x%04X, %d completed, %d failed, %d warning%s",
+        request.describe(),
+        request.node.move_mode,
+        code,
+        counts.completed,
+        counts.failed,
+        counts.warning,
+        f" ({comment})" if comment else "",
+    )
+
+
+def _move_request(
+    listener: QueryRetrieveSCP,
+    service: RetrieveService,
+    req: C_MOVE,
+    context: PresentationContext,
+    responder: Responder,
+) -> MoveRequest | None:
+    """Resolve the move destination and decode the identifier.
+
+    Returns None after sending the final failure response itself.
+    """
     state = listener.state()
     peer = listener.negotiator.peer(service.assoc)
-    assert peer.node is not None
+    assert peer.node is not None  # the negotiator accepted only a QueryRetrieve node
     title = str(req.MoveDestination or "").strip(" ")
     found = state.config.nodes.find(title, STORAGE)
     if not found:
         LOGGER.warning(
-            "C-MOVE from %s via %s: move destination %r is not a Storage node; answered 0xA801",
+            "C-MOVE from %s via %s: move destination %r is not a Storage node; "
+            "answered 0xA801",
             peer.calling_ae,
             peer.node.ae_title,
             title,
@@ -98,7 +140,8 @@ def move(
         responder.final(
             UNKNOWN_DESTINATION, comment=f"unknown move destination {title}"
         )
-        return
+        return None
+
     syntax = context.transfer_syntax[0]
     try:
         identifier = decode(
@@ -113,8 +156,8 @@ def move(
         responder.final(
             IDENTIFIER_DOES_NOT_MATCH, comment="identifier cannot be decoded"
         )
-        return
-    request = MoveRequest(
+        return None
+    return MoveRequest(
         peer,
         peer.node,
         found[0],
@@ -123,71 +166,21 @@ def move(
         identifier,
         int(cast(int, req.MessageID)),
     )
-    if request.node.move_mode == "Route":
-        code, counts, comment = _move_routed(
-            listener, service, state, request, responder
-        )
-    else:
-        code, counts, comment = _move_direct(service, state, request, responder)
-    responder.final(code, counts, comment)
-    LOGGER.info(
-        "%s (%s): status 0x%04X, %d completed, %d failed, %d warning%s",
-        request.describe(),
-        request.node.move_mode,
-        code,
-        counts.completed,
-        counts.failed,
-        counts.warning,
-        f" ({comment})" if comment else "",
-    )
-
-
-def upstream_counts(status: Dataset, previous: Counts) -> Counts:
-    """Read the counts of an upstream response, keeping earlier ones it leaves out."""
-    counts = Counts(failed_uids=list(previous.failed_uids))
-    for name, keyword in (
-        ("remaining", "NumberOfRemainingSuboperations"),
-        ("completed", "NumberOfCompletedSuboperations"),
-        ("failed", "NumberOfFailedSuboperations"),
-        ("warning", "NumberOfWarningSuboperations"),
-    ):
-        value = status.get(keyword)
-        setattr(
-            counts, name, int(value) if value is not None else getattr(previous, name)
-        )
-    return counts
-
-
-def failed_uids(identifier: Dataset | None) -> list[str]:
-    if identifier is None or "FailedSOPInstanceUIDList" not in identifier:
-        return []
-    value = identifier.FailedSOPInstanceUIDList
-    values = [value] if isinstance(value, str) else list(value or ())
-    return [str(uid) for uid in values if str(uid)]
 
 
 def _move_direct(
-    service: RetrieveService,
     state: RouterState,
+    service: RetrieveService,
     request: MoveRequest,
     responder: Responder,
-) -> tuple[int, Counts, str | None]:
-    """Have the upstream move straight to the destination; relay its counts.
-
-    A final response without counts is completed from the last pending one,
-    and sub-operations still remaining then count as failed, because
-    Capacitor reports only completions that the upstream reported.
-    """
+) -> Outcome:
+    """Have the upstream move straight to the destination; relay its counts."""
     config = state.config
     calling = calling_title(config, request.node, request.peer.calling_ae)
+    contexts = query_contexts(request.sop_class, request.transfer_syntax)
     counts = Counts()
     try:
-        with associate(
-            config,
-            request.node,
-            query_contexts(request.sop_class, request.transfer_syntax),
-            calling,
-        ) as upstream:
+        with associate(config, request.node, contexts, calling) as upstream:
             message_id = next(_message_ids)
             responses = upstream.send_c_move(
                 request.identifier,
@@ -199,165 +192,36 @@ def _move_direct(
             for status, identifier in responses:
                 code = status.get("Status")
                 if code is None:
-                    return (
-                        UPSTREAM_ABORTED,
-                        _unfinished(counts),
-                        f"upstream aborted ({request.node.ae_title})",
-                    )
+                    return UPSTREAM_ABORTED, counts.unfinished(), request.aborted
                 counts = upstream_counts(status, counts)
-                if int(code) == PENDING:
-                    responder.pending(counts)
-                    if not cancel_sent and service.is_cancelled(request.message_id):
-                        cancel_sent = True
-                        upstream.send_c_cancel(
-                            message_id, query_model=request.sop_class
-                        )
-                    continue
-                counts.failed_uids += [
-                    u for u in failed_uids(identifier) if u not in counts.failed_uids
-                ]
-                return _direct_final(int(code), status, counts)
+                if int(code) != PENDING:
+                    return _direct_final(int(code), status, identifier, counts)
+
+                responder.pending(counts)
+                if not cancel_sent and service.is_cancelled(request.message_id):
+                    cancel_sent = True
+                    upstream.send_c_cancel(message_id, query_model=request.sop_class)
     except UpstreamUnavailable as exc:
         return UPSTREAM_UNREACHABLE, counts, f"upstream unreachable: {exc}"
-    return (
-        UPSTREAM_ABORTED,
-        _unfinished(counts),
-        f"upstream aborted ({request.node.ae_title})",
-    )
+    return UPSTREAM_ABORTED, counts.unfinished(), request.aborted
 
 
 def _direct_final(
-    code: int, status: Dataset, counts: Counts
-) -> tuple[int, Counts, str | None]:
+    code: int, status: Dataset, identifier: Dataset | None, counts: Counts
+) -> Outcome:
+    """Complete the upstream's final response.
+
+    A final response without counts is completed from the last pending one,
+    and sub-operations still remaining then count as failed, because
+    Capacitor reports only completions that the upstream reported.
+    """
     if "NumberOfCompletedSuboperations" not in status:
-        counts = _unfinished(counts)
+        counts = counts.unfinished()
     counts.remaining = 0
-    comment = status.get("ErrorComment")
+    counts.failed_uids += [
+        u for u in failed_uids(identifier) if u not in counts.failed_uids
+    ]
     if code == SUCCESS and (counts.failed or counts.warning):
         code = WARNING
+    comment = status.get("ErrorComment")
     return code, counts, str(comment) if comment else None
-
-
-def _unfinished(counts: Counts) -> Counts:
-    """Return `counts` with the sub-operations not reported done counted as failed."""
-    return Counts(
-        0,
-        counts.completed,
-        counts.failed + counts.remaining,
-        counts.warning,
-        counts.failed_uids,
-    )
-
-
-def _combined(ours: Counts, upstream: Counts, final: bool) -> Counts:
-    """Add what only the upstream saw to the delivery counts.
-
-    The upstream's failures are instances that never reached Capacitor;
-    while it runs, its remaining sub-operations are still to come.
-    """
-    remaining = ours.remaining + (0 if final else upstream.remaining)
-    uids = ours.failed_uids + [
-        u for u in upstream.failed_uids if u not in ours.failed_uids
-    ]
-    return Counts(
-        remaining, ours.completed, ours.failed + upstream.failed, ours.warning, uids
-    )
-
-
-def _move_routed(
-    listener: QueryRetrieveSCP,
-    service: RetrieveService,
-    state: RouterState,
-    request: MoveRequest,
-    responder: Responder,
-) -> tuple[int, Counts, str | None]:
-    """Have the upstream move to Capacitor, then follow the deliveries to the destination."""
-    config = state.config
-    calling = calling_title(config, request.node, request.peer.calling_ae)
-    routed = listener.moves.open(calling, request.destination.ae_title)
-    index = listener.spool.index
-    upstream_state = Counts()
-    ending: tuple[int, str] | None = None
-    try:
-        try:
-            with associate(
-                config,
-                request.node,
-                query_contexts(request.sop_class, request.transfer_syntax),
-                calling,
-            ) as upstream:
-                responses = upstream.send_c_move(
-                    request.identifier,
-                    config["myAeTitle"],
-                    request.sop_class,
-                    msg_id=routed.message_id,
-                )
-                for status, identifier in responses:
-                    code = status.get("Status")
-                    if code is None:
-                        ending = (
-                            UPSTREAM_ABORTED,
-                            f"upstream aborted ({request.node.ae_title})",
-                        )
-                        break
-                    upstream_state = upstream_counts(status, upstream_state)
-                    if int(code) == PENDING:
-                        responder.pending(
-                            _combined(routed.counts(index), upstream_state, final=False)
-                        )
-                        if service.is_cancelled(request.message_id):
-                            upstream.send_c_cancel(
-                                routed.message_id, query_model=request.sop_class
-                            )
-                        continue
-                    upstream_state.failed_uids += failed_uids(identifier)
-                    if (
-                        int(code) not in (SUCCESS, WARNING, CANCEL)
-                        and not routed.instances
-                    ):
-                        comment = status.get("ErrorComment")
-                        ending = (
-                            int(code),
-                            str(comment) if comment else "upstream failed the C-MOVE",
-                        )
-                    elif int(code) == CANCEL:
-                        ending = (CANCEL, "")
-                    break
-        except UpstreamUnavailable as exc:
-            return UPSTREAM_UNREACHABLE, Counts(), f"upstream unreachable: {exc}"
-        counts = _await_deliveries(
-            service, state, request, responder, routed, upstream_state, index
-        )
-    finally:
-        listener.moves.close(routed)
-    if ending is not None:
-        return ending[0], counts, ending[1] or None
-    return counts.final_code(), counts, None
-
-
-def _await_deliveries(
-    service: RetrieveService,
-    state: RouterState,
-    request: MoveRequest,
-    responder: Responder,
-    routed: RoutedMove,
-    upstream_state: Counts,
-    index: SpoolIndex,
-) -> Counts:
-    """Send pending responses until every instance had a delivery attempt, or time runs out."""
-    deadline = time.monotonic() + float(state.config["retrieveTimeoutSeconds"])
-    while True:
-        counts = _combined(routed.counts(index), upstream_state, final=True)
-        if counts.remaining == 0 or service.is_cancelled(request.message_id):
-            break
-        if time.monotonic() > deadline:
-            LOGGER.warning(
-                "%s: %d instance(s) not yet delivered after retrieveTimeoutSeconds; "
-                "reported failed, still queued",
-                request.describe(),
-                counts.remaining,
-            )
-            break
-        responder.pending(counts)
-        time.sleep(_POLL_SECONDS)
-    return _unfinished(counts)
