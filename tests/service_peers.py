@@ -1,9 +1,10 @@
 """Upstream and downstream peers for the service tests: DCMTK servers and pynetdicom peers.
 
-DCMTK wlmscpfs serves a worklist from a folder of files and dcmqrscp an
-archive; pynetdicom peers play the parts no DCMTK tool offers (recording
-the bytes of an identifier, failing one C-STORE, storage commitment). Every
-process is stopped by its PID; all traffic stays on 127.0.0.1.
+DCMTK wlmscpfs serves a worklist from a folder of files, and dcmqrscp
+serves an archive. pynetdicom peers play the parts that no DCMTK tool
+offers: recording the bytes of an identifier, failing one C-STORE, and
+storage commitment. Every process is stopped by its PID, and all traffic
+stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -313,7 +314,7 @@ def context(
 
 @dataclass
 class RecordingFindSCP:
-    """A C-FIND SCP that records each raw identifier and answers with fixed rows."""
+    """A C-FIND SCP that records each raw identifier and returns fixed rows."""
 
     rows: list[Dataset] = field(default_factory=list)
     final_status: int = 0x0000

@@ -92,10 +92,10 @@ def uids_of(info: Dataset, sequence: str) -> list[str]:
 
 @pytest.fixture
 def modality():
-    made = Modality()
-    made.peer.start()
-    yield made
-    made.peer.stop()
+    listener = Modality()
+    listener.peer.start()
+    yield listener
+    listener.peer.stop()
 
 
 def commit_router(router, nodes, **settings):

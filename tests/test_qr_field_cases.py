@@ -106,7 +106,7 @@ def scripted_qr(router, sinks):
     upstream.peer.stop()
 
 
-def test_unknown_move_destination_answered_without_upstream(scripted_qr):
+def test_unknown_move_destination_gets_a801(scripted_qr):
     capacitor, upstream = scripted_qr
 
     output = movescu(
@@ -129,7 +129,7 @@ def test_upstream_abort_gives_failure_response(scripted_qr):
 
 
 class FailingStoreSCP:
-    """A pynetdicom Storage SCP that answers 0xA700 for one SOP Instance UID."""
+    """A pynetdicom Storage SCP that returns 0xA700 for one SOP Instance UID."""
 
     def __init__(self, fail_uid: str) -> None:
         self.fail_uid = fail_uid
@@ -465,7 +465,7 @@ def get_archive(router, tmp_path):
     archive.stop()
 
 
-def test_get_without_role_selection_fails_every_instance(get_archive):
+def test_get_without_role_selection_fails(get_archive):
     capacitor, paths = get_archive
 
     responses, stored = get_study(
@@ -481,7 +481,7 @@ def test_get_without_role_selection_fails_every_instance(get_archive):
     assert "Role Selection" in capacitor.log_text()
 
 
-def test_get_with_role_selection_stores_on_same_association(get_archive):
+def test_get_with_role_selection_succeeds(get_archive):
     capacitor, paths = get_archive
 
     responses, stored = get_study(
@@ -497,7 +497,7 @@ def test_get_with_role_selection_stores_on_same_association(get_archive):
 
 
 class CountlessMoveService(ServiceClass):
-    """A C-MOVE SCP that stores the study, then answers 0x0000 without any counts.
+    """A C-MOVE SCP that stores the study, then returns 0x0000 without any counts.
 
     pynetdicom's own Move SCP always reports counts; this service class,
     installed on the scripted upstream's associations, reproduces an

@@ -68,7 +68,7 @@ def test_worklist_query_returns_matching_entries(router, ris, tmp_path):
     row = result.responses[0]
     assert str(row.PatientName) == "DOE^JANE"
     assert row.ScheduledProcedureStepSequence[0].Modality == "CT"
-    assert "RIS" in capacitor.log_text() and "MOD_CT" in capacitor.log_text()
+    assert "C-FIND worklist from MOD_CT (127.0.0.1) to RIS via RIS" in capacitor.log_text()
 
 
 def test_router_title_selects_the_only_worklist_node(router, ris, tmp_path):
@@ -277,7 +277,7 @@ def japanese_row() -> Dataset:
     return decode(BytesIO(raw), False, True)
 
 
-def test_iso_2022_name_passes_unchanged_and_matches_alphabetic_group(router, tmp_path):
+def test_iso_2022_name_kept_and_matched(router, tmp_path):
     scp = RecordingFindSCP(rows=[japanese_row()])
     explicit_only = context(WORKLIST_FIND)
     explicit_only.transfer_syntax = [ExplicitVRLittleEndian]
@@ -376,3 +376,20 @@ def test_stale_rows_matched_by_inclusive_date_range(router, tmp_path):
     assert accessions(everything) == ["ACC301", "ACC302", "ACC303"]
     assert accessions(bounded) == ["ACC301", "ACC302"]
     assert accessions(open_start) == ["ACC302", "ACC303"]
+
+
+def test_upstream_abort_gives_failure(router, tmp_path):
+    def abort(event):  # type: ignore[no-untyped-def]
+        event.assoc.abort()
+        yield 0xFF00, None
+
+    upstream = PynetdicomPeer("RIS", [context(WORKLIST_FIND)], [(evt.EVT_C_FIND, abort)]).start()
+    try:
+        capacitor = worklist_router(router, [upstream.node("Worklist")])
+        result = findscu(capacitor.config["findScpPort"], "RIS", CT_QUERY, tmp_path / "out")
+    finally:
+        upstream.stop()
+
+    assert result.responses == []
+    assert result.status == 0xC002, result.output
+    assert "upstream RIS aborted" in result.output
