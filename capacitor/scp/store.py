@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -126,6 +127,11 @@ class StoreSCP:
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         sop_class_uid = str(request.AffectedSOPClassUID or "")
         received: Path = event.dataset_path
+        # A sub-operation of a C-MOVE routed through the router goes to the move
+        # destination, as if the sender had called that node.
+        move = self.moves.match(request) if self.moves is not None else None
+        if move is not None:
+            peer = replace(peer, node=config.nodes.by_name(move.destination))
 
         minimum = parse_size(config["minFreeSpace"])
         try:
@@ -167,9 +173,7 @@ class StoreSCP:
                 sop_instance_uid,
             )
 
-        move = self.moves.match(request) if self.moves is not None else None
-        original = move.destination if move is not None else peer.original
-        destinations, dropped_by, matched = self._route(state, dataset, peer, original)
+        destinations, dropped_by, matched = self._route(state, dataset, peer)
         if dropped_by is not None:
             LOGGER.info(
                 "Dropped %s from %s by rule %r", sop_instance_uid, peer.calling_ae, dropped_by
@@ -218,8 +222,9 @@ class StoreSCP:
         return SUCCESS
 
     def _route(
-        self, state: RouterState, dataset: Dataset, peer: Peer, original: str | None
+        self, state: RouterState, dataset: Dataset, peer: Peer
     ) -> tuple[list[str], str | None, list[str]]:
+        original = peer.original
         if "route" not in state.config.filters:
             return ([original] if original else []), None, []
         context = RuleContext(peer.calling_ae, peer.called_ae, peer.calling_ip)
