@@ -1,7 +1,7 @@
 """Attribute matching of C-FIND keys against a candidate dataset (PS3.4 C.2.2.2).
 
-Capacitor matches locally when it answers from its worklist cache and when
-a result rule has changed a row. The kinds of matching:
+Capacitor matches locally when it returns rows from its worklist cache and
+when a result rule has changed a row. The kinds of matching:
 
 * universal: a zero-length key, or ``*`` alone, matches any value
 * single value: equal after trailing spaces are dropped; PN compares without

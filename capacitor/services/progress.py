@@ -3,7 +3,7 @@
 Per PS3.4 C.4.2.1.5 and C.4.3.1.4, pending responses (0xFF00) carry the
 Remaining, Completed, Failed and Warning counts. The final response carries
 Completed, Failed and Warning. When any sub-operation failed, its identifier
-holds the Failed SOP Instance UID List (0008,0058).
+contains the Failed SOP Instance UID List (0008,0058).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ UNKNOWN_DESTINATION = 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UPSTREAM_UNREACHABLE = 0xC001
 UPSTREAM_ABORTED = 0xC002
+# Unable to process: Capacitor itself failed on the request.
+PROCESSING_FAILED = 0xC000
 
 _MAX_COMMENT = 64
 
@@ -107,6 +109,7 @@ class Responder:
         self.context = context
         self.request = request
         self.sent_pending: tuple[int, int, int, int] | None = None
+        self.finished = False
 
     def pending(self, counts: Counts) -> None:
         """Send a pending response if the counts changed since the last one."""
@@ -118,6 +121,8 @@ class Responder:
     def final(
         self, code: int, counts: Counts | None = None, comment: str | None = None
     ) -> None:
+        """Send the final response; it marks the request finished."""
+        self.finished = True
         self._send(code, counts or Counts(), final=True, comment=comment)
 
     def _send(

@@ -133,7 +133,7 @@ def _get_request(
     context: PresentationContext,
     responder: Responder,
 ) -> GetRequest | None:
-    """Decode the identifier; return None after answering a failure itself."""
+    """Decode the identifier; return None after sending a failure response itself."""
     peer = listener.negotiator.peer(service.assoc)
     assert peer.node is not None  # the negotiator accepted only a QueryRetrieve node
     syntax = context.transfer_syntax[0]
@@ -303,7 +303,7 @@ def _relay(
 def _upstream_contexts(
     request: GetRequest, storage: list[PresentationContext]
 ) -> tuple[list[PresentationContext], list[SCP_SCU_RoleSelectionNegotiation]]:
-    """Propose the Get model, and each storage context the requester accepted with our SCP role.
+    """Return the Get model and the requester's SCP-role storage contexts to propose.
 
     Each storage context keeps the requester's transfer syntax, so an
     instance can be sent on without conversion.

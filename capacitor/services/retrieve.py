@@ -22,7 +22,7 @@ from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import ServiceClass
 
-from capacitor.services.progress import Responder
+from capacitor.services.progress import PROCESSING_FAILED, Responder
 
 if TYPE_CHECKING:
     from capacitor.services.qr import QueryRetrieveSCP
@@ -51,15 +51,27 @@ class RetrieveService(ServiceClass):
         listener = _listeners.get(self.assoc)
         if listener is None:
             responder.final(
-                0xC000, comment="retrieve service not set up for this association"
+                PROCESSING_FAILED,
+                comment="retrieve service not set up for this association",
             )
             return
-        if isinstance(req, C_MOVE):
-            listener.move(self, req, context, responder)
-        elif isinstance(req, C_GET):
-            listener.get(self, req, context, responder)
-        else:
+        if not isinstance(req, (C_MOVE, C_GET)):
             raise NotImplementedError
+        try:
+            if isinstance(req, C_MOVE):
+                listener.move(self, req, context, responder)
+            else:
+                listener.get(self, req, context, responder)
+        except Exception as exc:
+            # The requester must get a final response whatever failed, and
+            # pynetdicom would let the exception end the association's thread.
+            LOGGER.exception(
+                "%s from %s failed unexpectedly",
+                req.msg_type,
+                self.assoc.requestor.ae_title,
+            )
+            if not responder.finished and self.assoc.is_established:
+                responder.final(PROCESSING_FAILED, comment=f"processing failed: {exc}")
 
 
 def serve_retrieves(assoc: Association, listener: QueryRetrieveSCP) -> None:
