@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.dsutils import decode
 
+from tests.peers import storescu
 from tests.service_peers import (
     WORKLIST_FIND,
     PynetdicomPeer,
@@ -68,7 +69,9 @@ def test_worklist_query_returns_matching_entries(router, ris, tmp_path):
     row = result.responses[0]
     assert str(row.PatientName) == "DOE^JANE"
     assert row.ScheduledProcedureStepSequence[0].Modality == "CT"
-    assert "C-FIND worklist from MOD_CT (127.0.0.1) to RIS via RIS" in capacitor.log_text()
+    assert (
+        "C-FIND worklist from MOD_CT (127.0.0.1) to RIS via RIS" in capacitor.log_text()
+    )
 
 
 def test_router_title_selects_the_only_worklist_node(router, ris, tmp_path):
@@ -383,13 +386,26 @@ def test_upstream_abort_gives_failure(router, tmp_path):
         event.assoc.abort()
         yield 0xFF00, None
 
-    upstream = PynetdicomPeer("RIS", [context(WORKLIST_FIND)], [(evt.EVT_C_FIND, abort)]).start()
+    upstream = PynetdicomPeer(
+        "RIS", [context(WORKLIST_FIND)], [(evt.EVT_C_FIND, abort)]
+    ).start()
     try:
         capacitor = worklist_router(router, [upstream.node("Worklist")])
-        result = findscu(capacitor.config["findScpPort"], "RIS", CT_QUERY, tmp_path / "out")
+        result = findscu(
+            capacitor.config["findScpPort"], "RIS", CT_QUERY, tmp_path / "out"
+        )
     finally:
         upstream.stop()
 
     assert result.responses == []
     assert result.status == 0xC002, result.output
     assert "upstream RIS aborted" in result.output
+
+
+def test_worklist_port_rejects_storage(router, ris, make_files):
+    capacitor = worklist_router(router, [ris.node()])
+
+    result = storescu(capacitor.config["findScpPort"], make_files(1), called="RIS")
+
+    assert result.returncode != 0
+    assert "No Acceptable Presentation Contexts" in result.stderr

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
 from capacitor.config.nodes import Node
@@ -24,6 +26,12 @@ from capacitor.state import RouterState
 LOGGER = logging.getLogger(__name__)
 
 Handler = tuple[evt.EventType, Callable[..., Any]]
+
+
+@cache
+def storage_classes() -> frozenset[str]:
+    """Return every storage SOP Class UID that pynetdicom knows."""
+    return frozenset(str(uid) for uid in _STORAGE_CLASSES.values())
 
 
 class ServiceListener:
@@ -40,6 +48,9 @@ class ServiceListener:
     contexts : callable
         Returns the presentation contexts the listener accepts, besides
         Verification.
+    accept_storage : bool
+        Whether storage SOP classes may be accepted (among `contexts`); the
+        negotiator would otherwise accept any of them for the Store SCP.
     """
 
     def __init__(
@@ -48,6 +59,7 @@ class ServiceListener:
         role: str,
         service: str,
         contexts: Callable[[], list[PresentationContext]],
+        accept_storage: bool = False,
     ) -> None:
         self.state = state
         self.role = role
@@ -56,7 +68,7 @@ class ServiceListener:
         self.negotiator = Negotiator(
             self.resolve_called,
             lambda: False,
-            lambda: (),
+            (lambda: ()) if accept_storage else storage_classes,
             service=service,
             extra_contexts=contexts,
         )

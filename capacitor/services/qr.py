@@ -69,7 +69,13 @@ class QueryRetrieveSCP(ServiceListener):
     def __init__(
         self, state: Callable[[], RouterState], spool: Spool, moves: MoveRegistry
     ) -> None:
-        super().__init__(state, QUERY_RETRIEVE, "Query/Retrieve SCP", qr_contexts)
+        super().__init__(
+            state,
+            QUERY_RETRIEVE,
+            "Query/Retrieve SCP",
+            qr_contexts,
+            accept_storage=True,
+        )
         self.spool = spool
         self.moves = moves
 
