@@ -7,6 +7,7 @@ import threading
 
 from capacitor.scp.store import StoreSCP
 from capacitor.scu.forwarder import DeliveryManager
+from capacitor.services.running import Services
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
 
@@ -23,6 +24,8 @@ class Router:
         self.spool = Spool(config.cache_dir, durable=bool(config["syncWrites"]))
         self.deliveries = DeliveryManager(self.state, self.spool)
         self.store_scp = StoreSCP(self.state, self.spool)
+        self.services = Services(self.state, self.spool)
+        self.store_scp.moves = self.services.moves
         self.stopped = threading.Event()
 
     def state(self) -> RouterState:
@@ -41,6 +44,7 @@ class Router:
             self.store_scp.start(config["bindAddress"], config["scpPort"])
         else:
             LOGGER.info("Store SCP disabled (scpPort is 0)")
+        self.services.start()
         storage_nodes = [n.ae_title for n in config.nodes]
         LOGGER.info(
             "Capacitor started: data %s, cache %s, %d node(s)%s, %d rule(s)",
@@ -55,6 +59,7 @@ class Router:
         """Stop accepting, let workers finish their current instance, close the spool."""
         LOGGER.info("Capacitor stopping")
         self.store_scp.stop()
+        self.services.stop()
         self.deliveries.stop()
         self.spool.stop()
         self.stopped.set()

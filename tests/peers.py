@@ -141,6 +141,10 @@ def storescu(
     )
 
 
+# Settings of the router's listener ports; start() waits until each enabled one listens.
+LISTENER_PORTS = ("scpPort", "findScpPort", "storageCommitScpPort", "queryRetrieveScpPort")
+
+
 class RouterProcess:
     """``capacitor run`` in a child process, on a data folder made for the test."""
 
@@ -184,13 +188,13 @@ class RouterProcess:
                 cwd=REPO,
             )
         if wait and self.port:
-            wait_until(self._listening, 30, f"router listening on {self.port}; log:\n{self.log_text()}")
+            wait_until(self._listening, 30, f"router listening on its ports; log:\n{self.log_text()}")
         return self
 
     def _listening(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"router exited with {self.process.returncode}; log:\n{self.log_text()}")
-        return port_open(self.port)
+        return all(port_open(int(self.config[name])) for name in LISTENER_PORTS if self.config.get(name))
 
     def stop(self) -> int | None:
         if self.process is None:

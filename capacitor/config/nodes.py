@@ -37,6 +37,7 @@ class Node:
     priority: str | None = None
     sop_class_priorities: tuple[str, ...] = ()
     cfind_failure_behavior: str = "Fail"
+    move_mode: str = "Direct"
     description: str = ""
     fields: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -58,6 +59,7 @@ class Node:
             priority=raw.get("Priority"),
             sop_class_priorities=tuple(raw.get("SopClassPriorities", [])),
             cfind_failure_behavior=raw.get("CFindFailureBehavior", "Fail"),
+            move_mode=raw.get("MoveMode", "Direct"),
             description=raw.get("Description", ""),
             fields=dict(raw),
         )

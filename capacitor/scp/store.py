@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from capacitor.rules.saving import save_copies
 from capacitor.rules.values import RuleContext
 from capacitor.scp import duplicates, receive
 from capacitor.scp.negotiation import Negotiator, Peer
+from capacitor.services.moves import MoveRegistry
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
 
@@ -71,6 +73,8 @@ class StoreSCP:
             lambda: self.state().config["rejectAbstractSyntaxes"],
             max_associations=lambda: int(self.state().config["maxAssociations"]),
         )
+        # C-MOVEs routed through the router, whose instances go to their move destination.
+        self.moves: MoveRegistry | None = None
         receive.install(spool.incoming)
 
     # association
@@ -130,6 +134,11 @@ class StoreSCP:
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         sop_class_uid = str(request.AffectedSOPClassUID or "")
         received: Path = event.dataset_path
+        # A sub-operation of a C-MOVE routed through the router goes to the move
+        # destination, as if the sender had called that node.
+        move = self.moves.match(request) if self.moves is not None else None
+        if move is not None:
+            peer = replace(peer, node=config.nodes.by_name(move.destination))
 
         interrupted = receive.write_error(request)
         if interrupted is not None:
@@ -203,6 +212,8 @@ class StoreSCP:
             LOGGER.info(
                 "Dropped %s from %s by rule %r", sop_instance_uid, peer.calling_ae, dropped_by
             )
+            if move is not None:
+                move.add(sop_instance_uid, None)
             return SUCCESS
 
         fields = {
@@ -219,9 +230,11 @@ class StoreSCP:
             "content_hash": verdict.digest,
         }
         try:
-            self.spool.store(received, fields, destinations)
+            instance_id = self.spool.store(received, fields, destinations)
         except (OSError, SpoolError) as exc:
             return self._write_failed(peer, sop_instance_uid, exc)
+        if move is not None:
+            move.add(sop_instance_uid, instance_id)
 
         if destinations:
             LOGGER.info(

@@ -1,0 +1,1 @@
+"""The services beside storage: Modality Worklist, Query/Retrieve and Storage Commitment."""
