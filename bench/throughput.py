@@ -1,0 +1,303 @@
+"""Throughput of Capacitor against DCMTK storescp, Orthanc and a bare pynetdicom forwarder.
+
+Sends two corpora with DCMTK storescu (1 and 4 parallel senders) to:
+
+* ``storescp``: DCMTK storescp receiving directly (no forwarding)
+* ``capacitor``: Capacitor forwarding to a DCMTK storescp sink
+* ``orthanc``: Orthanc (Debian package) auto-routing each stored instance to
+  the same sink with a Lua script
+* ``pynetdicom``: bench/baseline_forwarder.py forwarding to the same sink
+
+End-to-end time runs from the first storescu start until the sink holds
+every instance. CPU seconds and peak memory (VmHWM) are those of the
+receiving process, read from /proc; storescp direct is run with --fork, so
+its figures cover the parent only. Every DCMTK and Orthanc process runs
+with TCP_NODELAY=1, because DCMTK 3.6.7 leaves Nagle's algorithm on
+otherwise.
+
+    .venv/bin/python bench/throughput.py [--small 2000] [--ct 300] [--senders 1,4]
+        [--targets storescp,capacitor,orthanc,pynetdicom] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from capacitor.synthetic import make_image, write  # noqa: E402
+
+HOST = "127.0.0.1"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ROUTE_RULES = """\
+route "dose reports" { when SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.67" forward to SINK }
+route "mammography" { when Modality == "MG" forward to SINK }
+route "from the test scanner" { when calling_ae == "TESTSCANNER" drop }
+route "everything to the sink" otherwise { forward to SINK }
+"""
+ORTHANC_LUA = """\
+function OnStoredInstance(instanceId, tags, metadata, origin)
+   Delete(SendToModality(instanceId, 'sink'))
+end
+"""
+
+
+@dataclass
+class Result:
+    corpus: str
+    senders: int
+    target: str
+    instances: int
+    megabytes: float
+    seconds: float
+    cpu_seconds: float
+    peak_mb: float
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_rate(self) -> float:
+        return self.megabytes / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def make_corpus(folder: Path, small: int, ct: int) -> dict[str, list[Path]]:
+    corpora = {"small": folder / f"small-{small}", "ct": folder / f"ct-{ct}"}
+    if not corpora["small"].exists():
+        for number in range(small):
+            dataset = make_image(study=f"small-{number % 20}", series="s", number=number, rows=32, columns=32)
+            write(dataset, corpora["small"] / f"{number:05d}.dcm")
+    if not corpora["ct"].exists():
+        for number in range(ct):
+            dataset = make_image(study=f"ct-{number % 3}", series="ct", number=number, rows=512, columns=512)
+            write(dataset, corpora["ct"] / f"{number:05d}.dcm")
+    return {name: sorted(path.iterdir()) for name, path in corpora.items()}
+
+
+def proc_usage(pid: int) -> tuple[float, float]:
+    """Return (CPU seconds including reaped children, peak resident MB) of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(value) for value in fields[11:15])
+    peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return ticks / CLOCK_TICKS, peak
+
+
+class Sink:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        folder.mkdir(parents=True)
+        self.process = subprocess.Popen(
+            ["storescp", "--fork", "-aet", "SINK", "-od", str(folder), "+uf", str(self.port)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+    def count(self) -> int:
+        return sum(1 for _ in os.scandir(self.folder))
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_target(target: str, work: Path, sink: Sink) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start the receiver under test; return its process, port and AE title to call."""
+    port = free_port()
+    log = (work / f"{target}.log").open("wb")
+    if target == "storescp":
+        folder = work / "direct"
+        folder.mkdir()
+        command = ["storescp", "--fork", "-aet", "DIRECT", "-od", str(folder), "+uf", str(port)]
+        process = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        return process, port, "DIRECT"
+    if target == "capacitor":
+        data = work / "capacitor"
+        (data / "rules").mkdir(parents=True)
+        (data / "rules" / "10-route.rules").write_text(ROUTE_RULES)
+        config = {
+            "bindAddress": HOST,
+            "scpPort": port,
+            "findScpPort": 0,
+            "storageCommitScpPort": 0,
+            "queryRetrieveScpPort": 0,
+            "logLevel": "WARNING",
+            "nodes": [{"AeTitle": "SINK", "HostName": HOST, "Port": sink.port}],
+        }
+        (data / "config.yml").write_text(yaml.safe_dump(config))
+        command = [sys.executable, "-m", "capacitor", "run", "--data", str(data)]
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return process, port, "CAPACITOR"
+    if target == "pynetdicom":
+        command = [sys.executable, str(ROOT / "bench" / "baseline_forwarder.py"), str(port), str(sink.port)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return process, port, "BASELINE"
+    if target == "orthanc":
+        folder = work / "orthanc"
+        folder.mkdir()
+        (folder / "route.lua").write_text(ORTHANC_LUA)
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "index"),
+            "DicomAet": "ORTHANC",
+            "DicomPort": port,
+            "HttpPort": free_port(),
+            "RemoteAccessAllowed": False,
+            "DicomCheckCalledAet": False,
+            "DicomModalities": {"sink": ["SINK", HOST, sink.port]},
+            "LuaScripts": [str(folder / "route.lua")],
+            "Plugins": [],
+        }
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        return process, port, "ORTHANC"
+    raise ValueError(f"unknown target {target}")
+
+
+def send(files: list[Path], port: int, called: str, senders: int) -> None:
+    failures = []
+
+    def run(part: list[Path]) -> None:
+        result = subprocess.run(
+            ["storescu", "-aec", called, "-aet", "BENCH", HOST, str(port), *map(str, part)],
+            env=ENV,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            failures.append(result.stderr[-500:])
+
+    threads = [threading.Thread(target=run, args=(files[i::senders],)) for i in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"storescu failed: {failures[0]}")
+
+
+def measure(target: str, corpus: str, files: list[Path], senders: int, scratch: Path) -> Result:
+    work = Path(tempfile.mkdtemp(prefix=f"{target}-", dir=scratch))
+    sink = Sink(work / "sink")
+    process, port, called = start_target(target, work, sink)
+    try:
+        wait_port(port)
+        started = time.monotonic()
+        send(files, port, called, senders)
+        if target == "storescp":
+            folder = work / "direct"
+            while sum(1 for _ in os.scandir(folder)) < len(files):
+                time.sleep(0.01)
+        else:
+            while sink.count() < len(files):
+                if process.poll() is not None:
+                    raise RuntimeError(f"{target} exited; see {work}/{target}.log")
+                time.sleep(0.01)
+        seconds = time.monotonic() - started
+        cpu, peak = proc_usage(process.pid)
+    finally:
+        stop(process)
+        sink.stop()
+    megabytes = sum(f.stat().st_size for f in files) / 1e6
+    shutil.rmtree(work, ignore_errors=True)
+    return Result(corpus, senders, target, len(files), megabytes, seconds, cpu, peak)
+
+
+def report(results: list[Result]) -> str:
+    lines = [
+        "| corpus | senders | target | instances/s | MB/s | CPU s | peak MB | Capacitor ratio |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        mine = next(
+            (r for r in results if r.target == "capacitor" and (r.corpus, r.senders) == (result.corpus, result.senders)),
+            None,
+        )
+        ratio = f"{mine.rate / result.rate:.2f}" if mine and result.target != "capacitor" else "-"
+        lines.append(
+            f"| {result.corpus} | {result.senders} | {result.target} | {result.rate:.0f} | {result.mb_rate:.1f} "
+            f"| {result.cpu_seconds:.1f} | {result.peak_mb:.0f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", type=int, default=2000, help="instances in the small corpus")
+    parser.add_argument("--ct", type=int, default=300, help="instances in the CT corpus")
+    parser.add_argument("--senders", default="1,4", help="parallel storescu counts, comma-separated")
+    parser.add_argument("--targets", default="storescp,capacitor,orthanc,pynetdicom")
+    parser.add_argument("--corpora", default="small,ct")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    args = parser.parse_args()
+    scratch = ROOT / "bench" / ".work"
+    scratch.mkdir(exist_ok=True)
+    corpora = make_corpus(scratch, args.small, args.ct)
+    results = []
+    for corpus in args.corpora.split(","):
+        for senders in (int(s) for s in args.senders.split(",")):
+            for target in args.targets.split(","):
+                result = measure(target, corpus, corpora[corpus], senders, scratch)
+                print(
+                    f"{corpus} x{senders} {target}: {result.rate:.0f} instances/s, {result.mb_rate:.1f} MB/s, "
+                    f"CPU {result.cpu_seconds:.1f} s, peak {result.peak_mb:.0f} MB",
+                    flush=True,
+                )
+                results.append(result)
+    print()
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
