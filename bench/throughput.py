@@ -45,6 +45,8 @@ from capacitor.synthetic import make_image, write  # noqa: E402
 HOST = "127.0.0.1"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Extra Capacitor settings from --setting KEY=VALUE, for experiments.
+EXTRA_SETTINGS: dict[str, object] = {}
 ROUTE_RULES = """\
 route "dose reports" { when SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.67" forward to SINK }
 route "mammography" { when Modality == "MG" forward to SINK }
@@ -170,6 +172,7 @@ def start_target(target: str, work: Path, sink: Sink) -> tuple[subprocess.Popen[
             "queryRetrieveScpPort": 0,
             "logLevel": "WARNING",
             "nodes": [{"AeTitle": "SINK", "HostName": HOST, "Port": sink.port}],
+            **EXTRA_SETTINGS,
         }
         (data / "config.yml").write_text(yaml.safe_dump(config))
         command = [sys.executable, "-m", "capacitor", "run", "--data", str(data)]
@@ -278,7 +281,14 @@ def main() -> None:
     parser.add_argument("--targets", default="storescp,capacitor,orthanc,pynetdicom")
     parser.add_argument("--corpora", default="small,ct")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="KEY=VALUE",
+        help="extra Capacitor setting (YAML value), for experiments; may repeat",
+    )
     args = parser.parse_args()
+    for item in args.setting:
+        key, value = item.split("=", 1)
+        EXTRA_SETTINGS[key] = yaml.safe_load(value)
     scratch = ROOT / "bench" / ".work"
     scratch.mkdir(exist_ok=True)
     corpora = make_corpus(scratch, args.small, args.ct)

@@ -178,3 +178,22 @@ class TestOutcomes:
         assert 8 <= delays[1] <= 12
         assert max(delays) <= 60
         assert delays[-1] >= 48
+
+
+def test_journal_restores_a_file_lost_in_a_crash(tmp_path):
+    crashed = Spool(tmp_path / "cache")
+    crashed.start()
+    path = write(make_image(study="journal"), crashed.incoming / "rx.dcm")
+    content = path.read_bytes()
+    crashed.store(path, record("1.2.3"), ["A"])
+    (relative,) = crashed.index.known_files()
+    # The process dies before the file system flush; the file's data is lost.
+    crashed.absolute(relative).write_bytes(b"")
+
+    restarted = Spool(tmp_path / "cache")
+    restarted.start()
+    try:
+        assert restarted.absolute(relative).read_bytes() == content
+        assert restarted.index.journal_ids() == []
+    finally:
+        restarted.stop()

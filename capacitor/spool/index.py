@@ -72,6 +72,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (node, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries (instance_id);
 CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (state, delivered_at);
+CREATE TABLE IF NOT EXISTS journal (
+    instance_id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
 """
 
 # Columns added after the first release, with their definitions, for older spools.
@@ -197,6 +201,11 @@ class SpoolIndex:
     def __init__(self, path: Path, durable: bool = True) -> None:
         self.path = path
         # FULL makes each commit survive power loss; NORMAL survives a process crash.
+        # FULL flushes the write-ahead log at every commit, so a commit
+        # survives a power cut; NORMAL survives a crash of the process. Only
+        # the thread that records received instances needs FULL (see
+        # durable_thread); delivery bookkeeping lost in a power cut only
+        # means an instance is sent once more.
         self._synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -213,10 +222,14 @@ class SpoolIndex:
                 if column not in present:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
+    def durable_thread(self) -> None:
+        """Make this thread's commits flush the log (``PRAGMA synchronous=FULL`` when durable)."""
+        self._local.synchronous = self._synchronous
+
     def connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = connect(self.path, self._synchronous)
+            connection = connect(self.path, getattr(self._local, "synchronous", "NORMAL"))
             self._local.connection = connection
             with self._lock:
                 self._all.append(connection)
@@ -251,8 +264,13 @@ class SpoolIndex:
         db: sqlite3.Connection,
         record: InstanceRecord,
         nodes: Sequence[str],
+        journal: bytes | None = None,
     ) -> int:
-        """Insert an instance and a queued delivery per node; return the instance id."""
+        """Insert an instance and a queued delivery per node; return the instance id.
+
+        `journal`, when given, is the instance's file content, kept in the
+        index until the file itself is known to be on stable storage.
+        """
         status = ROUTED if nodes else UNROUTED
         cursor = db.execute(
             "INSERT INTO instances (file, sop_instance_uid, sop_class_uid, transfer_syntax,"
@@ -281,7 +299,25 @@ class SpoolIndex:
             " VALUES (?, ?, ?, ?, ?, ?)",
             [(instance_id, node, QUEUED, now, now, now) for node in nodes],
         )
+        if journal is not None:
+            db.execute("INSERT INTO journal (instance_id, data) VALUES (?, ?)", (instance_id, journal))
         return instance_id
+
+    # journal
+
+    def journal_ids(self) -> list[int]:
+        return [int(row[0]) for row in self.connection().execute("SELECT instance_id FROM journal")]
+
+    def journal_entries(self) -> list[tuple[int, str | None, bytes]]:
+        """Return (instance id, file, content) of every journaled instance."""
+        rows = self.connection().execute(
+            "SELECT j.instance_id, i.file, j.data FROM journal j LEFT JOIN instances i ON i.id = j.instance_id"
+        ).fetchall()
+        return [(int(row[0]), row[1], bytes(row[2])) for row in rows]
+
+    def clear_journal(self, instance_ids: Sequence[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM journal WHERE instance_id = ?", [(i,) for i in instance_ids])
 
     # recovery
 

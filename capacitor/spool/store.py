@@ -7,15 +7,26 @@ Layout of the cache folder::
     objects/ab/<id>.dcm instances, named by a random id, never by a received value
     outgoing/           per-destination copies that rules changed; emptied at start-up
 
-An instance is acknowledged only after its file is flushed (fsync) and
-renamed into objects/, the folder entry is flushed, and its index row is
-committed. A group committer thread writes the rows of instances that
-arrive together in one transaction, so concurrent associations share the
-cost of each flush.
+An instance is acknowledged only after its content is on stable storage
+and its index row is committed:
+
+* An instance of up to JOURNAL_MAX_BYTES is renamed into objects/ without a
+  flush, and its content is written with its index row, in the same
+  committed transaction, to the index's journal table. One flush of the
+  SQLite write-ahead log then makes both durable. A flusher thread
+  flushes the file system about once a second and then deletes the
+  journal rows of the files it covered; at start-up, any journaled file is
+  written again from the journal, so a file lost in a crash is restored.
+* A larger instance's file is flushed (fsync) and renamed, and its folder
+  is flushed before its row is committed.
+
+A group committer thread writes the rows of instances that arrive together
+in one transaction, so concurrent associations share the cost of each flush.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
@@ -39,6 +50,27 @@ OUTGOING = "outgoing"
 
 # Most instance rows written in one group commit.
 _MAX_GROUP = 256
+# Largest instance made durable through the journal rather than its own flush.
+JOURNAL_MAX_BYTES = 64 << 10
+# Seconds between file system flushes that empty the journal.
+_FLUSH_SECONDS = 1.0
+
+
+def sync_file_system(path: Path) -> None:
+    """Flush every file of the file system holding `path` (Linux syncfs; else sync)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        os.sync()
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(descriptor) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), str(path))
+    finally:
+        os.close(descriptor)
 
 
 def fsync_path(path: Path) -> None:
@@ -54,8 +86,9 @@ def fsync_path(path: Path) -> None:
 class _Pending:
     record: InstanceRecord
     nodes: Sequence[str]
-    folder: Path
+    folder: Path | None  # a folder to flush before the commit, if any
     future: Future[int]
+    journal: bytes | None = None
 
 
 class Spool:
@@ -72,6 +105,8 @@ class Spool:
         self.index = SpoolIndex(root / INDEX_FILE, durable)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._committer: threading.Thread | None = None
+        self._flusher: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.on_commit: Callable[[Sequence[str]], None] | None = None
 
     # life cycle
@@ -90,16 +125,57 @@ class Spool:
         requeued = self.index.recover()
         if requeued:
             LOGGER.info("Returned %d interrupted delivery(ies) to the queue", requeued)
+        self._restore_journaled()
         self._remove_orphans()
+        self._stopping.clear()
         self._committer = threading.Thread(target=self._commit_loop, name="spool-commit", daemon=True)
         self._committer.start()
+        self._flusher = threading.Thread(target=self._flush_loop, name="spool-flush", daemon=True)
+        self._flusher.start()
 
     def stop(self) -> None:
         if self._committer is not None:
             self._queue.put(None)
             self._committer.join(timeout=30)
             self._committer = None
+        if self._flusher is not None:
+            self._stopping.set()
+            self._flusher.join(timeout=30)
+            self._flusher = None
+        self.flush_journal()
         self.index.close()
+
+    def _restore_journaled(self) -> None:
+        """Write journaled instances to their files again; the crash may have lost them."""
+        entries = self.index.journal_entries()
+        restored = 0
+        for _, relative, data in entries:
+            if relative is None:
+                continue
+            path = self.absolute(relative)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            restored += 1
+        if entries:
+            sync_file_system(self.root)
+            self.index.clear_journal([instance_id for instance_id, _, _ in entries])
+        if restored:
+            LOGGER.info("Rewrote %d instance file(s) from the spool journal", restored)
+
+    def flush_journal(self) -> None:
+        """Flush the file system, then drop the journal rows of the files written before."""
+        ids = self.index.journal_ids()
+        if not ids:
+            return
+        sync_file_system(self.root)
+        self.index.clear_journal(ids)
+
+    def _flush_loop(self) -> None:
+        while not self._stopping.wait(_FLUSH_SECONDS):
+            try:
+                self.flush_journal()
+            except Exception as exc:  # noqa: BLE001 - the journal keeps the data until a flush succeeds
+                LOGGER.warning("Flushing the spool journal failed: %s", exc)
 
     def _remove_orphans(self) -> None:
         """Delete object files that no index row names (renamed, then the process died)."""
@@ -140,12 +216,19 @@ class Spool:
         OSError
             Passed through from the flush or rename, for the caller to map to a status.
         """
-        if self.durable:
-            fsync_path(received)
         target = self.new_object_path()
-        os.rename(received, target)
+        folder: Path | None = None
+        journal: bytes | None = None
+        if self.durable and received.stat().st_size <= JOURNAL_MAX_BYTES:
+            os.rename(received, target)
+            journal = target.read_bytes()
+        else:
+            if self.durable:
+                fsync_path(received)
+                folder = target.parent
+            os.rename(received, target)
         record = InstanceRecord(file=self.relative(target), **record_fields)  # type: ignore[arg-type]
-        pending = _Pending(record, list(nodes), target.parent, Future())
+        pending = _Pending(record, list(nodes), folder, Future(), journal)
         self._queue.put(pending)
         try:
             return pending.future.result(timeout=120)
@@ -154,6 +237,7 @@ class Spool:
             raise SpoolError(f"could not index the received instance: {exc}") from exc
 
     def _commit_loop(self) -> None:
+        self.index.durable_thread()
         while True:
             first = self._queue.get()
             if first is None:
@@ -172,13 +256,12 @@ class Spool:
 
     def _commit_group(self, group: list[_Pending]) -> None:
         try:
-            if self.durable:
-                for folder in {p.folder for p in group}:
-                    fsync_path(folder)
+            for folder in {p.folder for p in group if p.folder is not None}:
+                fsync_path(folder)
             ids = []
             with self.index.transaction() as db:
                 for pending in group:
-                    ids.append(self.index.insert_instance(db, pending.record, pending.nodes))
+                    ids.append(self.index.insert_instance(db, pending.record, pending.nodes, pending.journal))
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of the failure
             LOGGER.error("Spool commit of %d instance(s) failed: %s", len(group), exc)
             for pending in group:
