@@ -23,6 +23,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
 
+from capacitor import logs, metrics
 from capacitor.config.nodes import STORAGE, Node
 from capacitor.scu.gate import install_gate
 from capacitor.scu.outcome import Outcome, backoff_delay, classify
@@ -193,6 +194,7 @@ class DestinationWorker(threading.Thread):
             self.spool.index.record_outcomes(
                 (d.id, RETRYING, None, error, self.blocked_until) for d in batch
             )
+            metrics.count_association_failure(node.ae_title)
             return None
         self.connect_failures = 0
         self.current = _Open(assoc, node, set(pairs), time.time())
@@ -281,6 +283,7 @@ class DestinationWorker(threading.Thread):
                 )
             rows.append((delivery.id, outcome.state, outcome.status, outcome.error, next_at))
             _log_outcome(delivery, node, outcome, seconds, config["myAeTitle"])
+            metrics.count_delivery(node.ae_title, delivery, outcome, seconds)
         self.spool.index.record_outcomes(rows)
         self.spool.discard_delivered([d.instance_id for d, o, _ in results if o.delivered])
 
@@ -349,6 +352,7 @@ def _log_outcome(delivery: Delivery, node: Node, outcome: Outcome, seconds: floa
             attempts,
             seconds * 1000,
             f" ({outcome.error})" if outcome.error else "",
+            extra=logs.delivery_context(delivery, node.ae_title),
         )
         return
     LOGGER.warning(
@@ -361,6 +365,7 @@ def _log_outcome(delivery: Delivery, node: Node, outcome: Outcome, seconds: floa
         outcome.error,
         attempts,
         seconds * 1000,
+        extra=logs.delivery_context(delivery, node.ae_title),
     )
 
 
