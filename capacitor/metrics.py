@@ -89,7 +89,7 @@ ASSOCIATION_FAILURES = Counter(
 )
 SEND_SECONDS = Histogram(
     "capacitor_delivery_send_seconds",
-    "Time from sending a C-STORE request to recording its outcome, by node",
+    "Time to prepare one instance for a node and send it, until the C-STORE response",
     ["node"],
     buckets=_SEND_BUCKETS,
     registry=REGISTRY,

@@ -219,7 +219,7 @@ class RouterProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def wait_for_log(self, text: str, timeout: float = 20, count: int = 1) -> str:
-        """Wait until the log holds `text` `count` times; return the log."""
+        """Wait until the log contains `text` `count` times; return the log."""
         wait_until(
             lambda: self.log_text().count(text) >= count,
             timeout,

@@ -99,7 +99,7 @@ def test_image_facts():
     assert "--write-defaults" in json.loads(last("CMD"))
 
 
-def test_entry_point_fills_empty_data_folder_and_passes_healthcheck(image, tmp_path):
+def test_entry_point_on_empty_data_folder(image, tmp_path):
     port, api_port = free_port(), free_port()
     settings = {
         "CAPACITOR_SCP_PORT": str(port),
@@ -158,7 +158,7 @@ def test_existing_configuration_is_kept(image, tmp_path):
     assert not (image.data / "rules").exists()
 
 
-def test_environment_overrides_shown_with_their_variables(image):
+def test_environment_overrides_show_their_source(image):
     env = image.env(CAPACITOR_MY_AE_TITLE="FROM_ENV", CAPACITOR_API_PORT="9100", CAPACITOR_SUPPRESS_LOG_AE_TITLES="HEALTHCHECK,PROBE")
     command = image.command(["capacitor", "config", "show", "--format", "json"])
 

@@ -16,7 +16,7 @@ ALL_TO_ARCHIVE = 'route "all to archive" { forward to ARCHIVE }\n'
 
 @pytest.fixture
 def rejecting_destination() -> Iterator[int]:
-    """A pynetdicom Storage SCP that answers every C-STORE with 0xC211; yield its port."""
+    """Yield the port of a pynetdicom Storage SCP that responds 0xC211 to every C-STORE."""
     ae = AE(ae_title="ARCHIVE")
     ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     port = free_port()
@@ -41,7 +41,7 @@ def test_endpoint_binds_localhost_by_default(router):
     assert "/healthz" in body
 
 
-def test_metrics_count_received_delivered_and_rule_matches(router, sinks, make_files):
+def test_metrics_count_instances_and_rules(router, sinks, make_files):
     sink = sinks("ARCHIVE")
     capacitor = router({"nodes": [sink.node()], "api": {"port": free_port()}}, {"10.rules": ALL_TO_ARCHIVE})
 

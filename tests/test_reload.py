@@ -232,7 +232,7 @@ def write_data_folder(data: Path, node: str, port: int) -> None:
 
 
 def test_state_pairs_rules_with_their_nodes(tmp_path):
-    """A reader of state() sees the rules of one version with the nodes of the same one."""
+    """Every state() read returns the rules of one version with the nodes of that version."""
     data = tmp_path / "data"
     (data / "rules").mkdir(parents=True)
     write_data_folder(data, "FIRST", 11112)

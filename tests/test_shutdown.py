@@ -37,8 +37,8 @@ def wait_for_exit(capacitor: RouterProcess, since: float) -> tuple[int, float]:
     return code, time.monotonic() - since
 
 
-def test_sigterm_during_send_delivers_everything_after_restart(router, sinks, make_files):
-    # The destination takes 3 s to answer each C-STORE, longer than the stop allows.
+def test_sigterm_during_send_loses_nothing(router, sinks, make_files):
+    # The destination takes 3 s to respond to each C-STORE, longer than the stop allows.
     sink = sinks("ARCHIVE", extra=("--sleep-during", "3"))
     config = {"nodes": [sink.node()], "shutdownTimeoutSeconds": SHUTDOWN_SECONDS}
     capacitor = router(config, {"10.rules": ALL_TO_ARCHIVE})
@@ -65,7 +65,7 @@ def test_sigterm_during_send_delivers_everything_after_restart(router, sinks, ma
     assert uids(sink.files()) == uids(sent)
 
 
-def test_sigterm_during_receive_keeps_every_acknowledged_instance(router, sinks, make_files):
+def test_sigterm_during_receive_keeps_acknowledged(router, sinks, make_files):
     sink = sinks("ARCHIVE", start=False)
     config = {"nodes": [sink.node()], "shutdownTimeoutSeconds": SHUTDOWN_SECONDS}
     capacitor = router(config, {"10.rules": ALL_TO_ARCHIVE})
