@@ -146,8 +146,8 @@ def count_delivery(node: str, delivery: Delivery, outcome: Outcome, seconds: flo
     """Count one recorded delivery attempt to `node`, which took `seconds` to send."""
     SEND_SECONDS.labels(node).observe(seconds)
     if outcome.delivered:
-        DELIVERED.labels(node).inc()
         LATENCY_SECONDS.labels(node).observe(max(0.0, time.time() - delivery.received_at))
+        DELIVERED.labels(node).inc()
         return
     DELIVERY_FAILURES.labels(node, status_label(outcome.status), outcome.state).inc()
 

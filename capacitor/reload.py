@@ -159,7 +159,9 @@ class ConfigWatcher:
         self._last = fingerprint(router.state().config)
 
     def start(self) -> None:
-        self._last = fingerprint(self.router.state().config)
+        # _last stays as computed at construction, right after the state was
+        # loaded, so a change made while the router starts is applied by the
+        # first check.
         self._thread = threading.Thread(target=self._run, name="config-watch", daemon=True)
         self._thread.start()
         LOGGER.info("Watching %s for configuration changes", ", ".join(map(str, self._paths())))

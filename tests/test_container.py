@@ -43,7 +43,9 @@ def image_env() -> dict[str, str]:
     env: dict[str, str] = {}
     for name, arguments in instructions():
         if name == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(arguments))
+            for item in shlex.split(arguments):
+                name, _, value = item.partition("=")
+                env[name] = value
     return env
 
 

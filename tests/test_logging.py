@@ -13,7 +13,7 @@ import pytest
 
 from capacitor import logs
 from capacitor.logfilters import Phi, scrub
-from tests.peers import storescu
+from tests.peers import storescu, wait_until
 
 ALL_TO_ARCHIVE = 'route "all to archive" { forward to ARCHIVE }\n'
 
@@ -62,7 +62,9 @@ def test_suppressed_calling_ae_writes_no_info_lines(router, sinks, make_files):
     assert capacitor.cli("echo", "127.0.0.1", str(capacitor.port), "--aet", "MOD_CT", "--aec", "CAPACITOR").returncode == 0
     assert storescu(capacitor.port, from_probe[:1], called="NOBODY", calling="PROBE").returncode != 0
     sink.wait_for(4)
-    log = capacitor.wait_for_log("Delivered", count=2)
+    # The index records outcomes after they are logged.
+    wait_until(lambda: capacitor.delivery_states()["ARCHIVE"] == {"delivered": 4}, 10, "4 recorded delivered")
+    log = capacitor.log_text()
 
     assert "C-ECHO from MOD_CT" in log
     assert "C-ECHO from PROBE" not in log

@@ -11,11 +11,11 @@ import pydicom
 import pytest
 import yaml
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
 
 from capacitor.reload import ConfigWatcher
 from capacitor.router import Router
 from capacitor.state import load_state
+from capacitor.synthetic import CT_IMAGE_STORAGE
 from tests.peers import HOST, free_port, port_open, storescu, wait_until
 
 RELOADED = "Configuration reloaded"
@@ -162,9 +162,9 @@ def test_address_change_redirects_queued_deliveries(router, sinks, make_files):
     capacitor.write_config()
 
     received = moved.wait_for(4, timeout=30)
+    wait_until(lambda: capacitor.delivery_states()["ARCHIVE"] == {"delivered": 4}, 10, "four recorded delivered")
     assert uids(received) == uids(sent)
     assert unreachable.files() == []
-    assert capacitor.delivery_states()["ARCHIVE"] == {"delivered": 4}
 
 
 def test_port_change_restarts_listener_alone(router, sinks, make_files):
@@ -172,7 +172,7 @@ def test_port_change_restarts_listener_alone(router, sinks, make_files):
     capacitor = router({"nodes": [sink.node()], "api": {"port": free_port()}}, {"10.rules": rules_to("ARCHIVE")})
     old_port, new_port = capacitor.port, free_port()
     ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(CT_IMAGE_STORAGE)
     running = ae.associate(HOST, old_port, ae_title="CAPACITOR")
     assert running.is_established
 
@@ -203,8 +203,8 @@ def test_restart_only_setting_is_logged_and_kept(router, sinks, make_files):
     assert "cachePath changed from '' to 'elsewhere'; the running router keeps '' until it is restarted" in log
     assert storescu(capacitor.port, make_files(2)).returncode == 0
     sink.wait_for(2)
+    wait_until(lambda: capacitor.delivery_states()["ARCHIVE"] == {"delivered": 2}, 10, "two recorded delivered")
     assert not (capacitor.data / "elsewhere").exists()
-    assert capacitor.delivery_states()["ARCHIVE"] == {"delivered": 2}
 
 
 def test_sighup_reloads_with_watching_off(router, sinks, make_files):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pydicom
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
 
 from capacitor.cli.run import EXIT_GRACE_SECONDS
+from capacitor.synthetic import CT_IMAGE_STORAGE
 from tests.peers import HOST, RouterProcess, port_open, storescu, wait_until
 
 ALL_TO_ARCHIVE = 'route "all to archive" { forward to ARCHIVE }\n'
@@ -72,7 +72,7 @@ def test_sigterm_during_receive_keeps_acknowledged(router, sinks, make_files):
     files = make_files(200)
     acknowledged: list[Path] = []
     ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(CT_IMAGE_STORAGE)
     assoc = ae.associate(HOST, capacitor.port, ae_title="CAPACITOR")
     assert assoc.is_established
 
