@@ -41,6 +41,8 @@ LOGGER = logging.getLogger(__name__)
 # path with its flush mode, and the watcher runs or not from the start.
 RESTART_ONLY = ("cachePath", "syncWrites", "reloadOnChange")
 # Settings the Store SCP reads when it starts listening; a change restarts it.
+# NOTE: findScpPort, storageCommitScpPort and queryRetrieveScpPort have no
+# listener in Router yet. A listener added for them needs the same restart.
 LISTENER_SETTINGS = (
     "bindAddress",
     "scpPort",
