@@ -13,11 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -173,6 +176,10 @@ class RouterProcess:
     def cache(self) -> Path:
         return self.data / "cache"
 
+    @property
+    def api_port(self) -> int:
+        return int(self.config.get("api", {}).get("port", 0))
+
     def write_config(self) -> None:
         (self.data / "config.yml").write_text(yaml.safe_dump(dict(self.config)), encoding="utf-8")
 
@@ -189,6 +196,8 @@ class RouterProcess:
             )
         if wait and self.port:
             wait_until(self._listening, 30, f"router listening on its ports; log:\n{self.log_text()}")
+        if wait and self.api_port:
+            wait_until(lambda: port_open(self.api_port), 30, f"HTTP endpoint on {self.api_port}")
         return self
 
     def _listening(self) -> bool:
@@ -212,6 +221,34 @@ class RouterProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 20, count: int = 1) -> str:
+        """Wait until the log contains `text` `count` times; return the log."""
+        wait_until(
+            lambda: self.log_text().count(text) >= count,
+            timeout,
+            f"{text!r} {count} time(s) in the router log:\n{self.log_text()}",
+        )
+        return self.log_text()
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        """Return the status and body of GET `path` on the HTTP endpoint."""
+        url = f"http://{HOST}:{self.api_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """Return the value of the sample `name` with `labels` from /metrics, or None."""
+        status, body = self.http_get("/metrics")
+        assert status == 200, body
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run another capacitor subcommand on the same data folder."""

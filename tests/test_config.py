@@ -11,6 +11,7 @@ import yaml
 
 from capacitor.config.loader import load_config, parse_size
 from capacitor.config.schema import convert_text, env_name, setting_schemas
+from capacitor.config.yamlfile import load_yaml
 from capacitor.errors import ConfigError
 from tests.peers import REPO
 
@@ -37,8 +38,19 @@ def test_defaults_apply_without_config_file(tmp_path):
     assert config.cache_dir == tmp_path / "cache"
 
 
+def flat_settings(data: dict, prefix: str = "") -> dict:
+    """Return `data` keyed by dotted setting names, nested mappings flattened."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def test_shipped_config_matches_built_in_defaults():
-    shipped = yaml.safe_load((REPO / "config.yml").read_text())
+    shipped = flat_settings(yaml.safe_load((REPO / "config.yml").read_text()))
     schemas = setting_schemas()
 
     documented = set(shipped)
@@ -49,11 +61,12 @@ def test_shipped_config_matches_built_in_defaults():
 
 
 def test_every_setting_is_documented_in_shipped_config():
-    text = (REPO / "config.yml").read_text()
-    lines = text.splitlines()
+    document = load_yaml(REPO / "config.yml")
+    lines = document.path.read_text().splitlines()
     for key in setting_schemas():
-        index = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
-        assert lines[index - 1].startswith("#") or lines[index - 2].startswith("#"), key
+        line, _ = document.position((*key.split("."), "<key>"))
+        above = [lines[line - 2].strip(), lines[line - 3].strip()]
+        assert above[0].startswith("#") or above[1].startswith("#"), key
 
 
 @pytest.mark.parametrize(
@@ -79,6 +92,55 @@ def test_precedence_command_line_over_environment_over_file(tmp_path):
     assert (from_file["scpPort"], from_file.sources["scpPort"]) == (2000, f"{tmp_path / 'config.yml'}:1")
     assert (from_env["scpPort"], from_env.sources["scpPort"]) == (3000, "CAPACITOR_SCP_PORT")
     assert (from_cli["scpPort"], from_cli.sources["scpPort"]) == (4000, "--config.scpPort")
+
+
+class TestNestedSettings:
+    def test_file_value_and_its_line(self, tmp_path):
+        write_config(tmp_path, "scpPort: 2000\napi:\n  host: 0.0.0.0\n  port: 8080\n")
+
+        config = load_config(tmp_path, environ={})
+
+        assert config["api.port"] == 8080
+        assert config["api.host"] == "0.0.0.0"
+        assert config.sources["api.port"] == f"{tmp_path / 'config.yml'}:4"
+        assert config.sources["api.host"] == f"{tmp_path / 'config.yml'}:3"
+
+    def test_environment_and_command_line(self, tmp_path):
+        write_config(tmp_path, "api:\n  port: 8080\n")
+
+        from_env = load_config(tmp_path, environ={"CAPACITOR_API_PORT": "9090", "CAPACITOR_API_HOST": "::"})
+        from_cli = load_config(tmp_path, cli_overrides={"api.port": "9191"}, environ={"CAPACITOR_API_PORT": "9090"})
+
+        assert (from_env["api.port"], from_env.sources["api.port"]) == (9090, "CAPACITOR_API_PORT")
+        assert (from_env["api.host"], from_env.sources["api.host"]) == ("::", "CAPACITOR_API_HOST")
+        assert (from_cli["api.port"], from_cli.sources["api.port"]) == (9191, "--config.api.port")
+
+    def test_defaults_keep_endpoint_off_and_local(self, tmp_path):
+        config = load_config(tmp_path, environ={})
+
+        assert config["api.port"] == 0
+        assert config["api.host"] == "127.0.0.1"
+
+    def test_unknown_nested_key_suggests_setting(self, tmp_path):
+        write_config(tmp_path, "api:\n  prot: 8080\n")
+
+        with pytest.raises(ConfigError) as exc:
+            load_config(tmp_path, environ={})
+
+        assert messages(exc) == [f"{tmp_path / 'config.yml'}:2:3: error: unknown setting 'api.prot'; did you mean 'port'?"]
+
+    def test_out_of_range_environment_value_names_variable(self, tmp_path):
+        with pytest.raises(ConfigError) as exc:
+            load_config(tmp_path, environ={"CAPACITOR_API_PORT": "70000"})
+
+        assert "CAPACITOR_API_PORT" in messages(exc)[0]
+        assert "api.port" in messages(exc)[0]
+
+    def test_unknown_environment_variable_suggests_nested_one(self, tmp_path):
+        with pytest.raises(ConfigError) as exc:
+            load_config(tmp_path, environ={"CAPACITOR_API_PROT": "8080"})
+
+        assert "did you mean CAPACITOR_API_PORT?" in messages(exc)[0]
 
 
 @pytest.mark.parametrize(
@@ -285,6 +347,16 @@ class TestCommands:
         assert lines["findScpPort"].endswith("(CAPACITOR_FIND_SCP_PORT)")
         assert lines["myAeTitle"].endswith("(--config.myAeTitle)")
         assert lines["dimseTimeoutSeconds"].endswith("(default)")
+
+    def test_config_show_lists_nested_settings(self, tmp_path):
+        write_config(tmp_path, "api:\n  port: 8080\n")
+
+        result = run_cli("config", "show", "--data", str(tmp_path), env={"CAPACITOR_API_HOST": "0.0.0.0"})
+
+        assert result.returncode == 0, result.stderr
+        lines = {line.split()[0]: line for line in result.stdout.splitlines() if line and not line.startswith("node")}
+        assert lines["api.port"].split() == ["api.port", "8080", f"({tmp_path / 'config.yml'}:2)"]
+        assert lines["api.host"].endswith('"0.0.0.0"  (CAPACITOR_API_HOST)')
 
     def test_data_folder_from_environment(self, tmp_path):
         write_config(tmp_path, "myAeTitle: FROM_ENV_DATA\n")

@@ -1,4 +1,9 @@
-"""``capacitor echo HOST PORT``: check that a DICOM node answers C-ECHO."""
+"""``capacitor echo [HOST PORT]``: check that a DICOM node responds to C-ECHO.
+
+Without HOST and PORT it checks the router of the data folder itself, as a
+container health check does: it calls ``myAeTitle`` at ``scpPort`` on
+``bindAddress`` (127.0.0.1 when that is a wildcard address).
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,48 @@ import argparse
 
 from pynetdicom import AE, evt
 
-from capacitor.config.loader import load_config
+from capacitor.cli.main import UsageError
+from capacitor.config.loader import Config, load_config
 from capacitor.errors import ConfigError
 from capacitor.netutil import set_nodelay
 
 VERIFICATION = "1.2.840.10008.1.1"
+_WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
 
 
-def _calling_ae(args: argparse.Namespace) -> str:
-    if args.aet:
-        return str(args.aet)
+def _load(args: argparse.Namespace) -> Config | None:
     try:
-        return str(load_config(args.data, args.cache, args.overrides)["myAeTitle"])
+        return load_config(args.data, args.cache, args.overrides)
     except ConfigError:
-        return "CAPACITOR"
+        return None
+
+
+def _target(args: argparse.Namespace, config: Config | None) -> tuple[str, int, str]:
+    """Return host, port and called AE title from the arguments, or from `config` without them."""
+    if args.host is not None and args.port is not None:
+        return str(args.host), int(args.port), str(args.aec or "ANY-SCP")
+    if args.host is not None:
+        raise UsageError("give both HOST and PORT, or neither to echo this router's own Store SCP")
+    if config is None:
+        raise UsageError("without HOST and PORT the configuration must load; run capacitor lint config")
+    if not config["scpPort"]:
+        raise UsageError("scpPort is 0, so this router's Store SCP is disabled; give HOST and PORT")
+    bind = str(config["bindAddress"])
+    host = "127.0.0.1" if bind in _WILDCARD_ADDRESSES else bind
+    return host, int(config["scpPort"]), str(args.aec or config["myAeTitle"])
 
 
 def command(args: argparse.Namespace) -> int:
-    ae = AE(ae_title=_calling_ae(args))
+    config = _load(args)
+    host, port, called = _target(args, config)
+    calling = str(args.aet or (config["myAeTitle"] if config is not None else "CAPACITOR"))
+    ae = AE(ae_title=calling)
     ae.add_requested_context(VERIFICATION)
     ae.connection_timeout = args.timeout
     ae.acse_timeout = args.timeout
     ae.dimse_timeout = args.timeout
-    target = f"{args.aec} at {args.host}:{args.port}"
-    assoc = ae.associate(args.host, args.port, ae_title=args.aec, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
+    target = f"{called} at {host}:{port}"
+    assoc = ae.associate(host, port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
         print(f"C-ECHO to {target}: association {reason}")

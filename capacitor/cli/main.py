@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run_parser = sub.add_parser("run", help="start the router")
+    run_parser.add_argument(
+        "--write-defaults",
+        action="store_true",
+        help="when the data folder has no config.yml, write the default config.yml and "
+        "the example rules/ folder there before starting",
+    )
     _add_common(run_parser)
     run_parser.set_defaults(handler=run.command)
 
@@ -142,11 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(purge)
     purge.set_defaults(handler=queue.purge_command)
 
-    echo_parser = sub.add_parser("echo", help="send a C-ECHO to a DICOM node")
-    echo_parser.add_argument("host")
-    echo_parser.add_argument("port", type=int)
+    echo_parser = sub.add_parser(
+        "echo",
+        help="send a C-ECHO to a DICOM node",
+        description="Send a C-ECHO to HOST PORT; without them, to this router's own Store SCP "
+        "(scpPort, and bindAddress or 127.0.0.1) as configured in the data folder.",
+    )
+    echo_parser.add_argument("host", nargs="?", default=None)
+    echo_parser.add_argument("port", nargs="?", type=int, default=None)
     echo_parser.add_argument("--aet", default=None, help="calling AE title (default: myAeTitle)")
-    echo_parser.add_argument("--aec", default="ANY-SCP", help="called AE title (default: ANY-SCP)")
+    echo_parser.add_argument(
+        "--aec",
+        default=None,
+        help="called AE title (default: ANY-SCP, or myAeTitle without HOST and PORT)",
+    )
     echo_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default: 10)")
     _add_common(echo_parser)
     echo_parser.set_defaults(handler=echo.command)

@@ -290,7 +290,7 @@ def load_config(
     sources = {key: "default" for key in effective}
     for key, value in _flatten(file_data, set(settings)).items():
         effective[key] = value
-        line, _ = document.position((key,)) if document else (0, 0)
+        line, _ = document.position(tuple(key.split("."))) if document else (0, 0)
         sources[key] = f"{data_dir / CONFIG_FILE}:{line}"
 
     for origin, overrides in (

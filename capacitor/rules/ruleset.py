@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from capacitor import metrics
 from capacitor.errors import Finding
 from capacitor.rules import model as m
 from capacitor.rules.conditions import Subject
@@ -98,6 +99,7 @@ class RuleSet:
                     break
         if result.dropped:
             result.destinations = []
+        metrics.count_rule_matches(m.ROUTE, result.matched)
         return result
 
     def _fire(self, rule: m.Rule, subject: Subject, original: str | None, result: RouteResult) -> bool:
@@ -177,6 +179,7 @@ class RuleSet:
         result.changed = editor.changed
         result.touched = editor.touched
         result.charset_changed = editor.charset_changed
+        metrics.count_rule_matches(m.MUTATE, result.matched)
         return result
 
     def _mutate_with(self, rule: m.Rule, editor: DatasetEditor, subject: Subject) -> bool:
@@ -219,6 +222,7 @@ class RuleSet:
             if rule.for_nodes is not None and destination not in rule.for_nodes:
                 continue
             if rule.condition.holds(subject):
+                metrics.count_rule_matches(m.SORT, [rule.name])
                 return (SortKeyValue.of(position), *sort_key_of(rule, subject))
         return (SortKeyValue.of(len(rules)),)
 

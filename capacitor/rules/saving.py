@@ -8,6 +8,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from capacitor.logfilters import Phi
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ def save_copies(source: Path, paths: list[str], base: Path, sop_instance_uid: st
     for text in paths:
         target = save_path(text, base)
         if target is None:
-            LOGGER.error("Not saving %s to %r: the path must not contain '..'", sop_instance_uid, text)
+            LOGGER.error("Not saving %s to %s: the path must not contain '..'", sop_instance_uid, Phi(repr(text)))
             continue
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         try:
@@ -39,8 +41,8 @@ def save_copies(source: Path, paths: list[str], base: Path, sop_instance_uid: st
             os.replace(partial, target)
         except OSError as exc:
             partial.unlink(missing_ok=True)
-            LOGGER.error("Saving %s to %s failed: %s", sop_instance_uid, target, exc)
+            LOGGER.error("Saving %s to %s failed: %s", sop_instance_uid, Phi(target), exc)
             continue
-        LOGGER.info("Saved a copy of %s to %s", sop_instance_uid, target)
+        LOGGER.info("Saved a copy of %s to %s", sop_instance_uid, Phi(target))
         written.append(target)
     return written

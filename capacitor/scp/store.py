@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from capacitor import logs
 from capacitor.config.loader import parse_size
 from capacitor.config.nodes import STORAGE, Node
 from capacitor.dicomio import DatasetError, read_header
@@ -210,7 +211,8 @@ class StoreSCP:
             save_copies(received, saves, config.data_dir, sop_instance_uid)
         if dropped_by is not None:
             LOGGER.info(
-                "Dropped %s from %s by rule %r", sop_instance_uid, peer.calling_ae, dropped_by
+                "Dropped %s from %s by rule %r", sop_instance_uid, peer.calling_ae, dropped_by,
+                extra=logs.context(sop_instance_uid=sop_instance_uid),
             )
             if move is not None:
                 move.add(sop_instance_uid, None)
@@ -245,6 +247,7 @@ class StoreSCP:
                 peer.called_ae,
                 ", ".join(destinations),
                 f" by {', '.join(repr(m) for m in matched)}" if matched else "",
+                extra=logs.context(sop_instance_uid=sop_instance_uid),
             )
         else:
             LOGGER.warning(
@@ -253,6 +256,7 @@ class StoreSCP:
                 peer.calling_ae,
                 peer.calling_ip,
                 peer.called_ae,
+                extra=logs.context(sop_instance_uid=sop_instance_uid),
             )
         return SUCCESS
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from capacitor import logs, metrics
 from capacitor.config.loader import parse_duration
 from capacitor.config.nodes import STORAGE, Node
 from capacitor.scu.association import Outbound, Pair, contexts_for, open_association
@@ -203,6 +204,7 @@ class DestinationWorker(threading.Thread):
             outcome = _expire_if_old(Outcome(RETRYING, None, error), delivery, threshold, state, now)
             rows.append((delivery.id, outcome.state, None, outcome.error, self.blocked_until))
         self.spool.index.record_outcomes(rows)
+        metrics.count_association_failure(node.ae_title)
 
     def _record(self, state: RouterState, node: Node, results: list[tuple[Delivery, Outcome, float]]) -> None:
         if not results:
@@ -223,6 +225,7 @@ class DestinationWorker(threading.Thread):
                 )
             rows.append((delivery.id, recorded.state, recorded.status, recorded.error, next_at))
             _log_outcome(delivery, node, recorded, seconds)
+            metrics.count_delivery(node.ae_title, delivery, recorded, seconds)
         self.spool.index.record_outcomes(rows)
         self.spool.discard_delivered([d.instance_id for d, o, _ in results if o.delivered])
 
@@ -260,6 +263,7 @@ def _log_outcome(delivery: Delivery, node: Node, outcome: Outcome, seconds: floa
             attempts,
             seconds * 1000,
             f" ({outcome.error})" if outcome.error else "",
+            extra=logs.delivery_context(delivery, node.ae_title),
         )
         return
     LOGGER.warning(
@@ -272,6 +276,7 @@ def _log_outcome(delivery: Delivery, node: Node, outcome: Outcome, seconds: floa
         outcome.error,
         attempts,
         seconds * 1000,
+        extra=logs.delivery_context(delivery, node.ae_title),
     )
 
 
