@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,3 +55,133 @@ def read_header(path: Path) -> Header:
             raise DatasetError(f"{type(exc).__name__}: {exc}") from exc
     messages = list(dict.fromkeys(str(w.message) for w in caught))
     return Header(dataset, messages)
+
+
+# VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = (0xFFFE, 0xE000)
+_ITEM_END = (0xFFFE, 0xE00D)
+_SEQUENCE_END = (0xFFFE, 0xE0DD)
+_MAX_DEPTH = 64
+
+
+def _dataset_offset(handle: BinaryIO) -> int:
+    """Return the offset of the dataset after the preamble and the File Meta group."""
+    handle.seek(128)
+    if handle.read(4) != b"DICM":
+        raise DatasetError("no DICM prefix after the 128-byte preamble")
+    while True:
+        start = handle.tell()
+        header = handle.read(8)
+        if len(header) < 8:
+            return start
+        group, _ = struct.unpack("<HH", header[:4])
+        if group != 0x0002:
+            return start
+        if header[4:6] in _LONG_VRS:
+            length = struct.unpack("<I", handle.read(4))[0]
+        else:
+            length = struct.unpack("<H", header[6:8])[0]
+        handle.seek(length, 1)
+
+
+class _Walker:
+    """Walk element headers to the end of a dataset without reading values."""
+
+    def __init__(self, handle: BinaryIO, size: int, implicit: bool, little: bool) -> None:
+        self.handle = handle
+        self.size = size
+        self.implicit = implicit
+        self.order = "<" if little else ">"
+
+    def _read(self, count: int) -> bytes:
+        data = self.handle.read(count)
+        if len(data) < count:
+            raise DatasetError(f"dataset ends inside an element header at byte {self.handle.tell()}")
+        return data
+
+    def element(self) -> tuple[tuple[int, int], bytes | None, int]:
+        group, element = struct.unpack(self.order + "HH", self._read(4))
+        if group == 0xFFFE or self.implicit:
+            return (group, element), None, struct.unpack(self.order + "I", self._read(4))[0]
+        vr = self._read(2)
+        if vr in _LONG_VRS:
+            self._read(2)
+            return (group, element), vr, struct.unpack(self.order + "I", self._read(4))[0]
+        return (group, element), vr, struct.unpack(self.order + "H", self._read(2))[0]
+
+    def skip(self, length: int) -> None:
+        end = self.handle.tell() + length
+        if end > self.size:
+            raise DatasetError(
+                f"element value of {length} bytes at byte {self.handle.tell()} runs past the end "
+                f"of the data ({self.size} bytes): the dataset is truncated"
+            )
+        self.handle.seek(end)
+
+    def dataset(self, end: int | None, depth: int) -> None:
+        """Walk elements until `end`, or an item delimiter when `end` is None."""
+        if depth > _MAX_DEPTH:
+            raise DatasetError("sequences nested too deep")
+        limit = self.size if end is None else end
+        while self.handle.tell() < limit:
+            if end is None and self.size - self.handle.tell() < 8:
+                break
+            tag, vr, length = self.element()
+            if tag == _ITEM_END:
+                return
+            if length != _UNDEFINED:
+                self.skip(length)
+                continue
+            if vr is None or vr in (b"SQ", b"UN"):
+                self.items(depth + 1, encapsulated=False)
+            else:
+                self.items(depth + 1, encapsulated=True)
+        if end is not None and self.handle.tell() != end:
+            raise DatasetError("an item's elements do not end where its length says")
+
+    def items(self, depth: int, encapsulated: bool) -> None:
+        """Walk the items of an undefined-length sequence up to its delimiter."""
+        while True:
+            tag, _, length = self.element()
+            if tag == _SEQUENCE_END:
+                return
+            if tag != _ITEM:
+                raise DatasetError(f"expected an item in a sequence, found ({tag[0]:04X},{tag[1]:04X})")
+            if encapsulated or length != _UNDEFINED:
+                if length == _UNDEFINED:
+                    raise DatasetError("an encapsulated fragment has an undefined length")
+                start = self.handle.tell()
+                self.skip(length)
+                if not encapsulated:
+                    self.handle.seek(start)
+                    self.dataset(start + length, depth)
+            else:
+                self.dataset(None, depth)
+
+
+def verify_complete(path: Path, transfer_syntax: str) -> None:
+    """Check that every element of the dataset in `path` is whole, reading headers only.
+
+    A C-STORE whose last fragment arrived can still carry a dataset cut
+    short by a faulty sender; its last element then claims more bytes than
+    remain. Deflated datasets are not walked.
+
+    Raises
+    ------
+    DatasetError
+        Naming where the dataset breaks off.
+    """
+    syntax = UID(transfer_syntax)
+    if syntax.is_deflated:
+        return
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        offset = _dataset_offset(handle)
+        handle.seek(offset)
+        walker = _Walker(handle, size, syntax.is_implicit_VR, syntax.is_little_endian)
+        try:
+            walker.dataset(None, 0)
+        except struct.error as exc:
+            raise DatasetError(f"unreadable element header: {exc}") from exc

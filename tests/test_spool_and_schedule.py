@@ -197,3 +197,42 @@ def test_journal_restores_a_file_lost_in_a_crash(tmp_path):
         assert restarted.index.journal_ids() == []
     finally:
         restarted.stop()
+
+
+class TestCompleteness:
+    def nested(self):
+        from pydicom.dataset import Dataset
+
+        dataset = make_image(study="nested")
+        inner = Dataset()
+        inner.CodeValue = "1"
+        inner.CodingSchemeDesignator = "DCM"
+        item = Dataset()
+        item.ScheduledStationAETitle = "CT1"
+        item.ScheduledProtocolCodeSequence = [inner, inner]
+        dataset.ScheduledProcedureStepSequence = [item, item]
+        dataset.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence.is_undefined_length = True
+        dataset["ScheduledProcedureStepSequence"].is_undefined_length = True
+        return dataset
+
+    @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+    def test_whole_dataset_with_sequences_passes(self, tmp_path, syntax):
+        from capacitor.dicomio import verify_complete
+        from capacitor.synthetic import file_meta
+
+        dataset = self.nested()
+        dataset.file_meta = file_meta(dataset, syntax)
+        path = write(dataset, tmp_path / "whole.dcm")
+
+        verify_complete(path, syntax)
+
+    @pytest.mark.parametrize("cut", [1, 100, 5000])
+    def test_truncated_dataset_is_named(self, tmp_path, cut):
+        from capacitor.dicomio import DatasetError, verify_complete
+
+        path = write(self.nested(), tmp_path / "whole.dcm")
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) - cut])
+
+        with pytest.raises(DatasetError, match="truncated|ends inside"):
+            verify_complete(path, "1.2.840.10008.1.2.1")

@@ -50,6 +50,8 @@ class DestinationWorker(threading.Thread):
         self.blocked_until = 0.0
         self.connect_failures = 0
         self.current: Outbound | None = None
+        # Deliveries claimed and not yet recorded or released.
+        self.claimed: list[int] = []
         self._next_expiry_check = 0.0
 
     # loop
@@ -64,7 +66,27 @@ class DestinationWorker(threading.Thread):
                 self.stopping.wait(1.0)
         self._close()
 
+    def _requeue_claimed(self) -> bool:
+        """Put deliveries left in flight by a failed batch back in the queue; True when done.
+
+        Their outcome was not recorded (for example, the disk was full), so
+        they are sent again; a destination may receive such an instance twice.
+        """
+        if not self.claimed:
+            return True
+        try:
+            self.spool.index.release(self.claimed)
+        except Exception as exc:  # noqa: BLE001 - tried again at the next step
+            LOGGER.warning("Cannot return %d delivery(ies) to the queue yet: %s", len(self.claimed), exc)
+            self.stopping.wait(1.0)
+            return False
+        LOGGER.info("Returned %d unrecorded delivery(ies) to %s to the queue", len(self.claimed), self.node_name)
+        self.claimed = []
+        return True
+
     def _step(self) -> None:
+        if not self._requeue_claimed():
+            return
         now = time.time()
         if now < self.blocked_until:
             self._sleep(self.blocked_until - now)
@@ -87,6 +109,7 @@ class DestinationWorker(threading.Thread):
             self._sleep(opens - time.time())
             return
         batch = self.spool.index.claim(self.node_name, _batch_size(state, node), order=claim_order(state, node))
+        self.claimed = [d.id for d in batch]
         if not batch:
             self._idle(state)
             return
@@ -131,6 +154,7 @@ class DestinationWorker(threading.Thread):
         if unfitted:
             self.spool.index.release(d.id for d in unfitted)
         if outbound is None:
+            self.claimed = []
             return
         results: list[tuple[Delivery, Outcome, float]] = []
         unsent: list[Delivery] = []
@@ -146,6 +170,7 @@ class DestinationWorker(threading.Thread):
         self._record(state, node, results)
         if unsent:
             self.spool.index.release(d.id for d in unsent)
+        self.claimed = []
 
     def _association(
         self, state: RouterState, node: Node, calling_ae: str, batch: list[Delivery]
