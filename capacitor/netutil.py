@@ -6,7 +6,7 @@ import logging
 import socket
 from typing import Any
 
-from pynetdicom import evt
+from pynetdicom import AE, evt
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,3 +40,14 @@ def printable_ae(title: str) -> bool:
     if not stripped or len(title) > 16:
         return False
     return all(0x20 <= ord(char) < 0x7F and char != "\\" for char in title)
+
+
+def outbound_ae(config: Any, calling_ae: str) -> AE:
+    """Return an AE for one outbound association, with the router's timeouts and PDU size."""
+    ae = AE(ae_title=calling_ae)
+    ae.connection_timeout = float(config["connectTimeoutSeconds"])
+    ae.acse_timeout = float(config["acseTimeoutSeconds"])
+    ae.dimse_timeout = float(config["dimseTimeoutSeconds"])
+    ae.network_timeout = float(config["dimseTimeoutSeconds"])
+    ae.maximum_pdu_size = config["maxPduSize"]
+    return ae

@@ -52,6 +52,11 @@ LISTENER_SETTINGS = (
     "acseTimeoutSeconds",
     "dimseTimeoutSeconds",
     "networkTimeoutSeconds",
+    "tls.enabled",
+    "tls.certificate",
+    "tls.privateKey",
+    "tls.caCertificates",
+    "tls.requireClientCertificate",
 )
 LOGGING_SETTINGS = ("logLevel", "logFormat", "redactedLogging", "suppressLogAeTitles", "aeTitleCaseSensitive")
 API_SETTINGS = ("api.port", "api.host")

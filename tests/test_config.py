@@ -64,9 +64,14 @@ def test_every_setting_is_documented_in_shipped_config():
     document = load_yaml(REPO / "config.yml")
     lines = document.path.read_text().splitlines()
     for key in setting_schemas():
-        line, _ = document.position((*key.split("."), "<key>"))
-        above = [lines[line - 2].strip(), lines[line - 3].strip()]
-        assert above[0].startswith("#") or above[1].startswith("#"), key
+        parts = key.split(".")
+        commented = False
+        # A nested setting may be documented above itself or above a parent key.
+        for depth in range(len(parts), 0, -1):
+            line, _ = document.position((*parts[:depth], "<key>"))
+            above = [lines[line - 2].strip(), lines[line - 3].strip()]
+            commented = commented or above[0].startswith("#") or above[1].startswith("#")
+        assert commented, key
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ holds it; the merged result is validated again after the overrides.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -335,7 +336,20 @@ def load_config(
     if cache_dir:
         sources["cachePath"] = "--cache"
         effective["cachePath"] = str(cache)
-    return Config(data_dir, cache, rules_dir, effective, sources, directory)
+    config = Config(data_dir, cache, rules_dir, effective, sources, directory)
+    _check_tls(config)
+    return config
+
+
+def _check_tls(config: Config) -> None:
+    """Build the TLS contexts once, so that a bad certificate setting fails at load time."""
+    from capacitor import tls
+
+    try:
+        tls.check(config, config.nodes.nodes)
+    except tls.TlsError as exc:
+        label = config.sources.get("tls.certificate", "default")
+        raise ConfigError([Finding(_origin_of(label), 0, 0, str(exc))]) from exc
 
 
 def _value_findings(
@@ -364,6 +378,8 @@ def _value_findings(
             raise ValueError(f"{uid} is not a transfer syntax UID pydicom knows, such as 1.2.840.10008.1.2.1")
 
     check(sources["defaultTransferSyntax"], "defaultTransferSyntax", lambda: known_syntax(effective["defaultTransferSyntax"]))
+    for key in [k for k in effective if k.startswith("security.") and k.endswith(".allowedNetworks")]:
+        check(sources[key], key, lambda key=key: [ipaddress.ip_network(n, strict=False) for n in effective[key]])
     for node, origin in zip(nodes, origins):
         try:
             parse_schedule(node.process_schedule)

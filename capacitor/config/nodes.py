@@ -39,6 +39,7 @@ class Node:
     cfind_failure_behavior: str = "Fail"
     move_mode: str = "Direct"
     description: str = ""
+    tls: bool = False
     fields: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -61,6 +62,7 @@ class Node:
             cfind_failure_behavior=raw.get("CFindFailureBehavior", "Fail"),
             move_mode=raw.get("MoveMode", "Direct"),
             description=raw.get("Description", ""),
+            tls=bool(raw.get("Tls", False)),
             fields=dict(raw),
         )
 

@@ -8,10 +8,12 @@ so both are decided per association in an EVT_REQUESTED handler.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import build_context, evt
@@ -21,7 +23,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import ServiceClass, StorageServiceClass, VerificationServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from capacitor.config.nodes import Node
+from capacitor.config.nodes import Node, clean_ae
 from capacitor.netutil import hex_bytes, printable_ae
 
 LOGGER = logging.getLogger(__name__)
@@ -30,10 +32,41 @@ LOGGER = logging.getLogger(__name__)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_BUSY = (0x02, 0x03, 0x02)
+REJECT_NO_REASON = (0x01, 0x01, 0x01)
 
 STORAGE_SERVICE_CLASS_UID = "1.2.840.10008.4.2"
 VERIFICATION_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
 STORAGE_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
+
+
+@dataclass(frozen=True)
+class Access:
+    """A listener's allow-lists; an empty list allows everyone."""
+
+    calling_ae_titles: tuple[str, ...] = ()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    case_sensitive: bool = True
+
+    @classmethod
+    def from_config(cls, config: Any, listener: str) -> Access:
+        """Read ``security.<listener>.*`` from the configuration."""
+        return cls(
+            tuple(clean_ae(t) for t in config[f"security.{listener}.allowedCallingAeTitles"]),
+            tuple(ipaddress.ip_network(n, strict=False) for n in config[f"security.{listener}.allowedNetworks"]),
+            bool(config["aeTitleCaseSensitive"]),
+        )
+
+    def allows_calling(self, calling: str) -> bool:
+        if self.case_sensitive:
+            return clean_ae(calling) in self.calling_ae_titles
+        return clean_ae(calling).upper() in {t.upper() for t in self.calling_ae_titles}
+
+    def allows_address(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
 
 
 @dataclass(frozen=True)
@@ -78,6 +111,7 @@ class Negotiator:
         service: str = "Store SCP",
         extra_contexts: Callable[[], list[PresentationContext]] | None = None,
         max_associations: Callable[[], int] | None = None,
+        access: Callable[[], Access] | None = None,
     ) -> None:
         self.resolve_called = resolve_called
         self.accept_unknown = accept_unknown
@@ -85,6 +119,7 @@ class Negotiator:
         self.service = service
         self.extra_contexts = extra_contexts
         self.max_associations = max_associations
+        self.access = access
         self._peers: weakref.WeakKeyDictionary[Association, Peer] = weakref.WeakKeyDictionary()
         self._private: weakref.WeakKeyDictionary[Association, list[str]] = weakref.WeakKeyDictionary()
 
@@ -134,6 +169,11 @@ class Negotiator:
         if self._too_many(assoc, calling, address):
             _reject(assoc, REJECT_BUSY)
             return
+        refusal = self._refused(calling, address)
+        if refusal is not None:
+            LOGGER.warning("%s: rejected association from %s (%s): %s", self.service, calling, address, refusal[1])
+            _reject(assoc, refusal[0])
+            return
         if not printable_ae(calling):
             LOGGER.warning(
                 "%s: rejected association from %s: calling AE title %r is not valid",
@@ -160,6 +200,17 @@ class Negotiator:
         contexts, private = self._contexts_for(request.presentation_context_definition_list)
         assoc.acceptor.supported_contexts = contexts
         self._private[assoc] = private
+
+    def _refused(self, calling: str, address: str) -> tuple[tuple[int, int, int], str] | None:
+        """Return (reason, explanation) when the listener's allow-lists exclude the caller."""
+        if self.access is None:
+            return None
+        access = self.access()
+        if access.networks and not access.allows_address(address):
+            return REJECT_NO_REASON, f"address {address} is not in the listener's allowedNetworks"
+        if access.calling_ae_titles and not access.allows_calling(calling):
+            return REJECT_CALLING_AE, f"calling AE title {calling!r} is not in the listener's allowedCallingAeTitles"
+        return None
 
     def _too_many(self, assoc: Association, calling: str, address: str) -> bool:
         """Return whether accepting `assoc` would exceed maxAssociations, logging why."""

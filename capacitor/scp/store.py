@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from capacitor import logs
@@ -28,7 +28,8 @@ from capacitor.netutil import set_nodelay
 from capacitor.rules.saving import save_copies
 from capacitor.rules.values import RuleContext
 from capacitor.scp import duplicates, receive
-from capacitor.scp.negotiation import Negotiator, Peer
+from capacitor.listeners import start_server
+from capacitor.scp.negotiation import Access, Negotiator, Peer
 from capacitor.services.moves import MoveRegistry
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
@@ -73,6 +74,7 @@ class StoreSCP:
             lambda: bool(self.state().config["acceptUnknownSopClasses"]),
             lambda: self.state().config["rejectAbstractSyntaxes"],
             max_associations=lambda: int(self.state().config["maxAssociations"]),
+            access=lambda: Access.from_config(self.state().config, "store"),
         )
         # C-MOVEs routed through the router, whose instances go to their move destination.
         self.moves: MoveRegistry | None = None
@@ -91,17 +93,6 @@ class StoreSCP:
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
         config = self.state().config
-        ae = AE(ae_title=config["myAeTitle"])
-        ae.require_called_aet = False
-        # The negotiator applies maxAssociations and logs why; this is a backstop.
-        ae.maximum_associations = max(int(config["maxAssociations"]) + 1, 1000)
-        ae.maximum_pdu_size = config["maxPduSize"]
-        ae.acse_timeout = config["acseTimeoutSeconds"]
-        ae.dimse_timeout = config["dimseTimeoutSeconds"]
-        ae.network_timeout = config["networkTimeoutSeconds"]
-        # Contexts are chosen per association by the negotiator; this one
-        # only satisfies pynetdicom's check that a server supports something.
-        ae.add_supported_context("1.2.840.10008.1.1")
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_C_ECHO, self.handle_echo),
@@ -109,10 +100,11 @@ class StoreSCP:
             *self.negotiator.handlers(),
             *receive.handlers(),
         ]
-        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
-        assert server is not None  # block=False returns the running server
+        server = start_server(config, host, port, handlers)
         self.server = server
-        LOGGER.info("Store SCP listening on %s:%d as %s", host, port, config["myAeTitle"])
+        LOGGER.info(
+            "Store SCP listening on %s:%d as %s%s", host, port, config["myAeTitle"], " with TLS" if config["tls.enabled"] else ""
+        )
         return server
 
     def stop(self) -> None:

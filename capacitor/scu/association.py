@@ -25,14 +25,16 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
+from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
 
 from capacitor.config.loader import Config
 from capacitor.config.nodes import Node
+from capacitor.netutil import outbound_ae
 from capacitor.scu.gate import install_gate
+from capacitor.tls import client_tls_args
 
 LOGGER = logging.getLogger(__name__)
 
@@ -211,12 +213,7 @@ def open_association(
     config: Config, node: Node, calling_ae: str, contexts: list[PresentationContext], proposed: set[Pair]
 ) -> Outbound | None:
     """Request an association with `node`; return None when it was not established."""
-    ae = AE(ae_title=calling_ae)
-    ae.connection_timeout = float(config["connectTimeoutSeconds"])
-    ae.acse_timeout = float(config["acseTimeoutSeconds"])
-    ae.dimse_timeout = float(config["dimseTimeoutSeconds"])
-    ae.network_timeout = float(config["dimseTimeoutSeconds"])
-    ae.maximum_pdu_size = config["maxPduSize"]
+    ae = outbound_ae(config, calling_ae)
     activity = _Activity()
     assert node.host is not None and node.port is not None
     assoc = ae.associate(
@@ -224,6 +221,7 @@ def open_association(
         node.port,
         contexts=contexts,
         ae_title=node.ae_title,
+        tls_args=client_tls_args(config, node),
         evt_handlers=[
             (evt.EVT_CONN_OPEN, install_gate),
             (evt.EVT_DATA_SENT, activity.touch),

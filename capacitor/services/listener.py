@@ -13,19 +13,23 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
 from capacitor.config.nodes import Node
 from capacitor.netutil import set_nodelay
-from capacitor.scp.negotiation import Negotiator, Peer
+from capacitor.listeners import start_server
+from capacitor.scp.negotiation import Access, Negotiator, Peer
 from capacitor.state import RouterState
 
 LOGGER = logging.getLogger(__name__)
 
 Handler = tuple[evt.EventType, Callable[..., Any]]
+
+# The ``security.<key>`` allow-lists that apply to the listener of each role.
+ACCESS_KEYS = {"Worklist": "worklist", "QueryRetrieve": "queryRetrieve"}
 
 
 @cache
@@ -71,6 +75,8 @@ class ServiceListener:
             (lambda: ()) if accept_storage else storage_classes,
             service=service,
             extra_contexts=contexts,
+            max_associations=lambda: int(self.state().config["maxAssociations"]),
+            access=lambda: Access.from_config(self.state().config, ACCESS_KEYS.get(role, "storageCommit")),
         )
 
     def resolve_called(self, called: str) -> tuple[bool, Node | None]:
@@ -102,26 +108,20 @@ class ServiceListener:
 
     def start(self, host: str, port: int) -> ThreadedAssociationServer:
         config = self.state().config
-        ae = AE(ae_title=config["myAeTitle"])
-        ae.require_called_aet = False
-        ae.maximum_associations = config["maxAssociations"]
-        ae.maximum_pdu_size = config["maxPduSize"]
-        ae.acse_timeout = config["acseTimeoutSeconds"]
-        ae.dimse_timeout = config["dimseTimeoutSeconds"]
-        ae.network_timeout = config["networkTimeoutSeconds"]
-        # The negotiator chooses the contexts per association; this one only
-        # satisfies pynetdicom's check that a server supports something.
-        ae.add_supported_context("1.2.840.10008.1.1")
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             *self.negotiator.handlers(),
             *self.handlers(),
         ]
-        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
-        assert server is not None  # a non-blocking start always returns the server
+        server = start_server(config, host, port, handlers)
         self.server = server
         LOGGER.info(
-            "%s listening on %s:%d as %s", self.service, host, port, config["myAeTitle"]
+            "%s listening on %s:%d as %s%s",
+            self.service,
+            host,
+            port,
+            config["myAeTitle"],
+            " with TLS" if config["tls.enabled"] else "",
         )
         return server
 

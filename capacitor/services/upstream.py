@@ -12,13 +12,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
+from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from capacitor.config.loader import Config
 from capacitor.config.nodes import Node
+from capacitor.netutil import outbound_ae
 from capacitor.scu.gate import install_gate
+from capacitor.tls import client_tls_args
 
 LOGGER = logging.getLogger(__name__)
 
@@ -83,12 +85,7 @@ def open_association(
     """
     if node.host is None or node.port is None:
         raise UpstreamUnavailable(f"node {node.ae_title} has no HostName and Port")
-    ae = AE(ae_title=calling_ae)
-    ae.connection_timeout = float(config["connectTimeoutSeconds"])
-    ae.acse_timeout = float(config["acseTimeoutSeconds"])
-    ae.dimse_timeout = float(config["dimseTimeoutSeconds"])
-    ae.network_timeout = float(config["dimseTimeoutSeconds"])
-    ae.maximum_pdu_size = config["maxPduSize"]
+    ae = outbound_ae(config, calling_ae)
     all_handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, install_gate),
         (evt.EVT_ABORTED, wake_waiters),
@@ -101,6 +98,7 @@ def open_association(
         contexts=list(contexts),
         ae_title=node.ae_title,
         ext_neg=ext_neg,
+        tls_args=client_tls_args(config, node),
         evt_handlers=all_handlers,
     )
     if not assoc.is_established:
