@@ -4,11 +4,38 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any
 
 from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import P_DATA
 
 LOGGER = logging.getLogger(__name__)
+
+
+# Most P-DATA primitives waiting in an association's send queue. pynetdicom
+# fragments a dataset into that queue as fast as it reads the file, so
+# without a bound a slow peer makes a large instance pile up in memory.
+SEND_QUEUE_LIMIT = 16
+_SEND_WAIT = 0.0005
+
+
+def limit_send_queue(assoc: Any) -> None:
+    """Make senders on `assoc` wait while its send queue holds SEND_QUEUE_LIMIT P-DATA PDUs."""
+    dul = assoc.dul
+    if getattr(dul, "_capacitor_bounded", False):
+        return
+    original = dul.send_pdu
+
+    def send_pdu(primitive: Any) -> None:
+        if isinstance(primitive, P_DATA):
+            pending = dul.to_provider_queue.queue
+            while len(pending) >= SEND_QUEUE_LIMIT and dul.is_alive() and not assoc.is_aborted:
+                time.sleep(_SEND_WAIT)
+        original(primitive)
+
+    dul.send_pdu = send_pdu
+    dul._capacitor_bounded = True  # noqa: SLF001
 
 
 def set_nodelay(event: evt.Event) -> None:
@@ -19,6 +46,7 @@ def set_nodelay(event: evt.Event) -> None:
     small-instance throughput at a few dozen per second. pynetdicom 3.0 does
     not set it.
     """
+    limit_send_queue(event.assoc)
     assoc_socket = getattr(event.assoc.dul, "socket", None)
     raw: Any = getattr(assoc_socket, "socket", None)
     if raw is None:
