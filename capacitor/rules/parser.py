@@ -101,7 +101,8 @@ def _syntax_finding(file: str, text: str, exc: UnexpectedInput) -> Finding:
         if token.type == "$END":
             message = "unexpected end of file; a rule is missing its closing '}'"
     elif isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        position = exc.pos_in_stream or 0
+        char = text[position] if position < len(text) else ""
         message = f"unexpected character {char!r}"
         if char == "(":
             message += "; a tag is written (gggg,eeee) with 4 hex digits each"
@@ -321,7 +322,7 @@ class _ToIR(Transformer[Token, list[IR]]):
     def in_(self, meta: Any, children: list[Any]) -> IR:
         return {"op": "in", "ref": children[0], "values": children[1], **self._at(meta)}
 
-    def list(self, meta: Any, children: list[Token | None]) -> list[Any]:
+    def value_list(self, meta: Any, children: list[Token | None]) -> list[Any]:
         return [self._literal(token) for token in children if token is not None]
 
     def _text_test(self, op: str, meta: Any, children: list[Any]) -> IR:
@@ -422,7 +423,7 @@ def parse_reference(text: str, where: IR) -> IR | None:
     except UnexpectedInput:
         return None
     transformer = _ToIR("<placeholder>")
-    ref: IR = transformer.transform(tree)
+    ref: IR = transformer.transform(tree)  # type: ignore[assignment]
     ref["line"] = where.get("line", 1)
     ref["column"] = where.get("column", 1)
     return ref

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from capacitor.config.loader import parse_duration
 from capacitor.config.nodes import Node
@@ -40,7 +41,7 @@ def order_batch(state: RouterState, node: Node, batch: list[Delivery], spool: Sp
     if "sort" not in state.config.filters or not state.rules.of_kind(m.SORT) or len(batch) < 2:
         return batch
     series_order: dict[str, int] = {}
-    keys = {}
+    keys: dict[int, Any] = {}
     for position, delivery in enumerate(batch):
         series_order.setdefault(delivery.series_uid, len(series_order))
         context = RuleContext(delivery.calling_ae, delivery.called_ae, delivery.calling_ip)
