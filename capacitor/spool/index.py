@@ -203,8 +203,8 @@ class SpoolIndex:
         # FULL makes each commit survive power loss; NORMAL survives a process crash.
         # FULL flushes the write-ahead log at every commit, so a commit
         # survives a power cut; NORMAL survives a crash of the process. Only
-        # the thread that records received instances needs FULL (see
-        # durable_thread); delivery bookkeeping lost in a power cut only
+        # the commits that record received instances need FULL (see
+        # intake_transaction); delivery bookkeeping lost in a power cut only
         # means an instance is sent once more.
         self._synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
@@ -222,14 +222,32 @@ class SpoolIndex:
                 if column not in present:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
-    def durable_thread(self) -> None:
-        """Make this thread's commits flush the log (``PRAGMA synchronous=FULL`` when durable)."""
-        self._local.synchronous = self._synchronous
+    @contextmanager
+    def intake_transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one write transaction that flushes the log on commit when durable.
+
+        Each thread gets a second connection for this, with ``PRAGMA
+        synchronous`` FULL, because only the commits that record received
+        instances must survive a power cut.
+        """
+        db = getattr(self._local, "intake", None)
+        if db is None:
+            db = connect(self.path, self._synchronous)
+            self._local.intake = db
+            with self._lock:
+                self._all.append(db)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = connect(self.path, getattr(self._local, "synchronous", "NORMAL"))
+            connection = connect(self.path, "NORMAL")
             self._local.connection = connection
             with self._lock:
                 self._all.append(connection)

@@ -20,8 +20,10 @@ and its index row is committed:
 * A larger instance's file is flushed (fsync) and renamed, and its folder
   is flushed before its row is committed.
 
-A group committer thread writes the rows of instances that arrive together
-in one transaction, so concurrent associations share the cost of each flush.
+Instances that arrive together are committed in one transaction (group
+commit): the first thread to reach the commit writes the rows of every
+instance waiting at that moment, so concurrent associations share the cost
+of each flush, and a lone sender waits for no other thread.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import queue
 import shutil
 import threading
 import uuid
@@ -103,8 +104,9 @@ class Spool:
         for folder in (root, self.incoming, self.objects, self.outgoing):
             folder.mkdir(parents=True, exist_ok=True)
         self.index = SpoolIndex(root / INDEX_FILE, durable)
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._committer: threading.Thread | None = None
+        self._waiting: list[_Pending] = []
+        self._waiting_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
         self._stopping = threading.Event()
         self.on_commit: Callable[[Sequence[str]], None] | None = None
@@ -128,16 +130,10 @@ class Spool:
         self._restore_journaled()
         self._remove_orphans()
         self._stopping.clear()
-        self._committer = threading.Thread(target=self._commit_loop, name="spool-commit", daemon=True)
-        self._committer.start()
         self._flusher = threading.Thread(target=self._flush_loop, name="spool-flush", daemon=True)
         self._flusher.start()
 
     def stop(self) -> None:
-        if self._committer is not None:
-            self._queue.put(None)
-            self._committer.join(timeout=30)
-            self._committer = None
         if self._flusher is not None:
             self._stopping.set()
             self._flusher.join(timeout=30)
@@ -229,37 +225,27 @@ class Spool:
             os.rename(received, target)
         record = InstanceRecord(file=self.relative(target), **record_fields)  # type: ignore[arg-type]
         pending = _Pending(record, list(nodes), folder, Future(), journal)
-        self._queue.put(pending)
+        with self._waiting_lock:
+            self._waiting.append(pending)
         try:
-            return pending.future.result(timeout=120)
+            while not pending.future.done():
+                with self._commit_lock:
+                    with self._waiting_lock:
+                        group = self._waiting[:_MAX_GROUP]
+                        del self._waiting[:_MAX_GROUP]
+                    if group:
+                        self._commit_group(group)
+            return pending.future.result()
         except BaseException as exc:
             target.unlink(missing_ok=True)
             raise SpoolError(f"could not index the received instance: {exc}") from exc
-
-    def _commit_loop(self) -> None:
-        self.index.durable_thread()
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < _MAX_GROUP:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                group.append(item)
-            self._commit_group(group)
 
     def _commit_group(self, group: list[_Pending]) -> None:
         try:
             for folder in {p.folder for p in group if p.folder is not None}:
                 fsync_path(folder)
             ids = []
-            with self.index.transaction() as db:
+            with self.index.intake_transaction() as db:
                 for pending in group:
                     ids.append(self.index.insert_instance(db, pending.record, pending.nodes, pending.journal))
         except Exception as exc:  # noqa: BLE001 - every waiter must hear of the failure
