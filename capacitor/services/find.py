@@ -13,7 +13,7 @@ import itertools
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -31,6 +31,9 @@ from capacitor.services.upstream import (
 from capacitor.state import RouterState
 
 LOGGER = logging.getLogger(__name__)
+
+# C-FIND failure: the identifier cannot be decoded (PS3.4 C.4.1.1.4).
+CANNOT_DECODE = 0xC310
 
 PENDING = 0xFF00
 # Pending, but the SCP does not support every optional key (PS3.4 C.4.1.1.4).
@@ -86,6 +89,28 @@ class UpstreamResult:
     @property
     def status_code(self) -> int | None:
         return None if self.status is None else int(self.status.get("Status", -1))
+
+
+def request_from_event(
+    event: Any, peer: Peer, query_phase: str, result_phase: str
+) -> FindRequest | Dataset:
+    """Return the FindRequest of a C-FIND event, or a failure status when its identifier is undecodable."""
+    assert peer.node is not None  # the negotiator accepted only a node of the listener's role
+    try:
+        identifier = event.identifier
+    except Exception as exc:  # noqa: BLE001 - pydicom raises assorted errors on bad data
+        LOGGER.error("C-FIND from %s: identifier cannot be decoded: %s", peer.calling_ae, exc)
+        return ids.status(CANNOT_DECODE, f"identifier cannot be decoded: {exc}")
+    return FindRequest(
+        peer,
+        peer.node,
+        str(event.request.AffectedSOPClassUID),
+        str(event.context.transfer_syntax),
+        identifier,
+        query_phase,
+        result_phase,
+        lambda: bool(event.is_cancelled),
+    )
 
 
 def drain(

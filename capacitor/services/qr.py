@@ -21,8 +21,6 @@ from pynetdicom.sop_class import _STORAGE_CLASSES
 from capacitor.config.nodes import QUERY_RETRIEVE
 from capacitor.scp.negotiation import STORAGE_SYNTAXES, VERIFICATION_SYNTAXES
 from capacitor.services import find, qr_get, qr_move
-from capacitor.services import identifiers as ids
-from capacitor.services.find import FindRequest
 from capacitor.services.listener import Handler, ServiceListener
 from capacitor.services.moves import MoveRegistry
 from capacitor.services.progress import Responder
@@ -41,7 +39,6 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 FIND_MODELS = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 QUERY_PHASE = "qr_find_query"
 RESULT_PHASE = "qr_find_result"
-CANNOT_DECODE = 0xC310
 
 
 @cache
@@ -94,30 +91,10 @@ class QueryRetrieveSCP(ServiceListener):
     ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         state = self.state()
         peer = self.peer(event)
-        assert (
-            peer.node is not None
-        )  # the negotiator accepted only a QueryRetrieve node
-        try:
-            identifier = event.identifier
-        except Exception as exc:  # noqa: BLE001 - pydicom raises assorted errors on bad data
-            LOGGER.error(
-                "C-FIND from %s: identifier cannot be decoded: %s", peer.calling_ae, exc
-            )
-            yield (
-                ids.status(CANNOT_DECODE, f"identifier cannot be decoded: {exc}"),
-                None,
-            )
+        request = find.request_from_event(event, peer, QUERY_PHASE, RESULT_PHASE)
+        if isinstance(request, Dataset):
+            yield request, None
             return
-        request = FindRequest(
-            peer,
-            peer.node,
-            str(event.request.AffectedSOPClassUID),
-            str(event.context.transfer_syntax),
-            identifier,
-            QUERY_PHASE,
-            RESULT_PHASE,
-            lambda: bool(event.is_cancelled),
-        )
         query = find.run_query_rules(state, request)
 
         # Matches go to the caller as the node returns them.

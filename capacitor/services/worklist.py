@@ -30,8 +30,6 @@ LOGGER = logging.getLogger(__name__)
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 QUERY_PHASE = "worklist_query"
 RESULT_PHASE = "worklist_result"
-# pynetdicom's status for an identifier that cannot be decoded.
-CANNOT_DECODE = 0xC310
 
 
 def worklist_contexts() -> list[PresentationContext]:
@@ -53,28 +51,10 @@ class WorklistSCP(ServiceListener):
     ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         state = self.state()
         peer = self.peer(event)
-        assert peer.node is not None  # the negotiator accepted only a Worklist node
-        try:
-            identifier = event.identifier
-        except Exception as exc:  # noqa: BLE001 - pydicom raises assorted errors on bad data
-            LOGGER.error(
-                "C-FIND from %s: identifier cannot be decoded: %s", peer.calling_ae, exc
-            )
-            yield (
-                ids.status(CANNOT_DECODE, f"identifier cannot be decoded: {exc}"),
-                None,
-            )
+        request = find.request_from_event(event, peer, QUERY_PHASE, RESULT_PHASE)
+        if isinstance(request, Dataset):
+            yield request, None
             return
-        request = FindRequest(
-            peer,
-            peer.node,
-            str(event.request.AffectedSOPClassUID),
-            str(event.context.transfer_syntax),
-            identifier,
-            QUERY_PHASE,
-            RESULT_PHASE,
-            lambda: bool(event.is_cancelled),
-        )
         rows, status, source = self._answer(state, request)
 
         count = 0
