@@ -18,7 +18,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
-    """A received dataset cannot be read; the message says where it broke."""
+    """A received dataset cannot be read; the message names where it broke."""
 
 
 @dataclass
@@ -139,7 +139,7 @@ class _Walker:
             else:
                 self.items(depth + 1, encapsulated=True)
         if end is not None and self.handle.tell() != end:
-            raise DatasetError("an item's elements do not end where its length says")
+            raise DatasetError("an item's elements do not end at the item length")
 
     def items(self, depth: int, encapsulated: bool) -> None:
         """Walk the items of an undefined-length sequence up to its delimiter."""
@@ -165,7 +165,7 @@ def verify_complete(path: Path, transfer_syntax: str) -> None:
     """Check that every element of the dataset in `path` is whole, reading headers only.
 
     A C-STORE whose last fragment arrived can still carry a dataset cut
-    short by a faulty sender; its last element then claims more bytes than
+    short by a faulty sender. Its last element then claims more bytes than
     remain. Deflated datasets are not walked.
 
     Raises

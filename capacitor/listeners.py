@@ -17,7 +17,7 @@ def start_server(config: Config, host: str, port: int, handlers: list[Any]) -> T
     """Start a non-blocking listener on `host`:`port` with the router's settings.
 
     The presentation contexts and the association limit are decided per
-    association by the listener's Negotiator; the AE's own limit is only a
+    association by the listener's Negotiator. The AE's own limit is only a
     backstop, and its single Verification context only satisfies
     pynetdicom's check that a server supports something.
     """

@@ -1,7 +1,7 @@
 """The duplicate policy: an instance whose SOP Instance UID was received before.
 
 Files in the spool are named by random ids, so no copy ever overwrites
-another; the policy only decides whether a new copy is stored and
+another. The policy only decides whether a new copy is stored and
 delivered again.
 """
 
@@ -36,7 +36,7 @@ def file_digest(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What to do with one received copy."""
+    """The decision on one received copy."""
 
     action: str  # "store", "discard" or "reject"
     digest: str | None = None

@@ -1,7 +1,7 @@
 """Association negotiation for the listeners: AE title checks and presentation contexts.
 
 pynetdicom checks a single called AE title and a fixed context list. A router
-answers to many AE titles (each node's AeTitle, its aliases, the prefixed
+accepts many called AE titles (each node's AeTitle, its aliases, the prefixed
 form and its own title) and accepts private SOP classes it has never seen,
 so both are decided per association in an EVT_REQUESTED handler.
 """

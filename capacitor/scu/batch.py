@@ -1,4 +1,4 @@
-"""What a destination's next batch holds, and the order its instances go in."""
+"""Contents of a destination's next batch, and the order its instances go in."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ from capacitor.state import RouterState
 
 LOGGER = logging.getLogger(__name__)
 
-# Longest sleep of an idle worker; queue changes made by another process
-# (capacitor queue retry) are seen within this time.
+# Maximum sleep of an idle worker, so that queue changes made by another
+# process (capacitor queue retry) are seen within this time.
 _POLL_SECONDS = 5.0
 # How often a worker marks deliveries older than expiryThreshold expired.
 _EXPIRY_CHECK_SECONDS = 60.0

@@ -57,7 +57,7 @@ def drop_vr_conflicts(dataset: Dataset, path: str = "") -> list[str]:
     is read wrongly when one side is a sequence (a text value read as SQ
     breaks the parse) or binary. Such elements are removed, recursively,
     and their tags returned for the log; text-to-text differences (LO
-    where the dictionary says SH) read back correctly and stay.
+    where the dictionary gives SH) read back correctly and stay.
     """
     removed = []
     for element in list(dataset):

@@ -15,7 +15,7 @@ RETRYABLE = ("retrying", "failed", "rejected", "expired")
 
 @dataclass(frozen=True)
 class Selection:
-    """Which deliveries an operator command applies to; empty fields match all."""
+    """The deliveries an operator command applies to; an empty field matches all."""
 
     states: tuple[str, ...] = ()
     node: str | None = None

@@ -15,7 +15,7 @@ and its index row is committed:
   committed transaction, to the index's journal table. One flush of the
   SQLite write-ahead log then makes both durable. A flusher thread
   flushes the file system about once a second and then deletes the
-  journal rows of the files it covered; at start-up, any journaled file is
+  journal rows of the files it covered. At start-up, any journaled file is
   written again from the journal, so a file lost in a crash is restored.
 * A larger instance's file is flushed (fsync) and renamed, and its folder
   is flushed before its row is committed.
