@@ -159,6 +159,7 @@ class TestUnreachable:
         assert capacitor.cli("queue", "retry", "--state", "expired").returncode == 0
 
         sink.wait_for(2, timeout=30)
+        wait_until(lambda: states_of(capacitor, "ARCHIVE") == {"delivered": 2}, 30, "both delivered")
         assert "not delivered within expiryThreshold" not in str(deliveries(capacitor, "ARCHIVE"))
 
 
