@@ -92,10 +92,11 @@ def test_filling_disk_fails_cleanly_and_recovers(router, sinks, tmp_path):
         wait_until(lambda: len(archive.files()) >= len(stored), 60, "stored instances delivered")
         wait_until(lambda: not list((cache / "objects").rglob("*.dcm")), 60, "delivered instances removed from the cache")
         remaining = [p for p in files if str(p) not in stored]
-        # The tmpfs holds about ten of these instances, so the rest goes in groups that fit once the cache is empty.
-        for start in range(0, len(remaining), 4):
-            again = storescu(capacitor.port, remaining[start : start + 4], called="ARCHIVE", extra=("-v", "--no-halt"))
-            assert again.stderr.count("Refused: OutOfResources") == 0, again.stderr[-2000:]
+        # The 6 MiB tmpfs has room for about ten of these 512 KiB instances, so the rest is sent in groups of four.
+        for offset in range(0, len(remaining), 4):
+            group = remaining[offset : offset + 4]
+            result = storescu(capacitor.port, group, called="ARCHIVE", extra=("-v", "--no-halt"))
+            assert result.stderr.count("Refused: OutOfResources") == 0, result.stderr[-2000:]
             wait_until(lambda: not list((cache / "objects").rglob("*.dcm")), 60, "delivered instances removed from the cache")
         wait_until(lambda: uids_in(archive.files()) == uids_in(files), 60, "every instance delivered")
     finally:
