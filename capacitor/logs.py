@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
+from pynetdicom import _config
+
 from capacitor.logfilters import AssociationContext, Redact, Suppress, fold_ae
 
 if TYPE_CHECKING:
@@ -119,6 +121,10 @@ def configure(settings: LogSettings | None = None, stream: IO[str] | None = None
     root.setLevel(settings.level)
     protocol_log = settings.level == "DEBUG" and not settings.redacted
     logging.getLogger("pynetdicom").setLevel("DEBUG" if protocol_log else "WARNING")
+    # pynetdicom binds handlers that format a line for every PDU and DIMSE
+    # message to each new association. They log below WARNING only, so they are
+    # left unbound unless those lines are shown.
+    _config.LOG_HANDLER_LEVEL = "standard" if protocol_log else "none"
     # watchfiles logs "1 change detected" at INFO; capacitor.reload logs what it did.
     logging.getLogger("watchfiles").setLevel("WARNING")
 
