@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +38,41 @@ def limit_send_queue(assoc: Any) -> None:
 
     dul.send_pdu = send_pdu
     dul._capacitor_bounded = True  # noqa: SLF001
+
+
+_read_in_pieces = AssociationSocket.recv
+
+
+def _read_whole(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """Read `nr_bytes` from the socket in as few system calls as the data allows.
+
+    pynetdicom 3.0 reads a PDU 4096 bytes at a time, and each read releases
+    and takes back the interpreter lock, so a 128 KiB PDU costs 32 lock
+    hand-overs. With MSG_WAITALL the kernel fills the whole buffer in one call.
+    TLS sockets and sockets with a timeout keep pynetdicom's reads, since
+    MSG_WAITALL does not apply to them.
+    """
+    raw = self.socket
+    if raw is None or isinstance(raw, ssl.SSLSocket) or raw.gettimeout() is not None:
+        return _read_in_pieces(self, nr_bytes)
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    received = 0
+    try:
+        while received < nr_bytes:
+            count = raw.recv_into(view[received:], nr_bytes - received, socket.MSG_WAITALL)
+            if count == 0:
+                break  # The peer closed the connection, so return what arrived, as pynetdicom does.
+            received += count
+    finally:
+        view.release()
+    del buffer[received:]
+    return buffer
+
+
+def install_whole_reads() -> None:
+    """Make pynetdicom read each PDU with as few system calls as possible; safe to call twice."""
+    AssociationSocket.recv = _read_whole  # type: ignore[method-assign]
 
 
 def set_nodelay(event: evt.Event) -> None:
