@@ -41,6 +41,8 @@ def limit_send_queue(assoc: Any) -> None:
 
 
 _read_in_pieces = AssociationSocket.recv
+# Most bytes read in one system call.
+_READ_CHUNK = 1 << 20
 
 
 def _read_whole(self: AssociationSocket, nr_bytes: int) -> bytearray:
@@ -48,25 +50,25 @@ def _read_whole(self: AssociationSocket, nr_bytes: int) -> bytearray:
 
     pynetdicom 3.0 reads a PDU 4096 bytes at a time, and each read releases
     and takes back the interpreter lock, so a 128 KiB PDU costs 32 lock
-    hand-overs. With MSG_WAITALL the kernel fills the whole buffer in one call.
-    TLS sockets and sockets with a timeout keep pynetdicom's reads, since
-    MSG_WAITALL does not apply to them.
+    hand-overs. With MSG_WAITALL the kernel fills up to _READ_CHUNK bytes in
+    one call. The buffer grows only as data arrives, so a PDU header that
+    announces gigabytes allocates nothing until they come. TLS sockets and
+    sockets with a timeout keep pynetdicom's reads, since MSG_WAITALL does
+    not apply to them.
     """
     raw = self.socket
     if raw is None or isinstance(raw, ssl.SSLSocket) or raw.gettimeout() is not None:
         return _read_in_pieces(self, nr_bytes)
-    buffer = bytearray(nr_bytes)
-    view = memoryview(buffer)
-    received = 0
-    try:
-        while received < nr_bytes:
-            count = raw.recv_into(view[received:], nr_bytes - received, socket.MSG_WAITALL)
-            if count == 0:
-                break  # The peer closed the connection, so return what arrived, as pynetdicom does.
-            received += count
-    finally:
-        view.release()
-    del buffer[received:]
+    buffer = bytearray()
+    while len(buffer) < nr_bytes:
+        start = len(buffer)
+        wanted = min(nr_bytes - start, _READ_CHUNK)
+        buffer.extend(bytes(wanted))
+        with memoryview(buffer) as view:
+            count = raw.recv_into(view[start:], wanted, socket.MSG_WAITALL)
+        del buffer[start + count :]
+        if count == 0:
+            break  # The peer closed the connection, so return what arrived, as pynetdicom does.
     return buffer
 
 

@@ -122,7 +122,8 @@ def test_entry_point_on_empty_data_folder(image, tmp_path):
         assert sorted(p.name for p in (image.data / "rules").iterdir()) == shipped_rules
         assert (image.cache / "spool.db").is_file()
         assert not (image.data / "cache").exists()
-        assert port_open(api_port)
+        # The HTTP endpoint starts after the Store SCP.
+        wait_until(lambda: port_open(api_port), 30, "HTTP endpoint listening")
 
         health = subprocess.run(image.healthcheck(), capture_output=True, text=True, env=image.env(**settings), timeout=60, check=False)
         assert health.returncode == 0, health.stdout + health.stderr
