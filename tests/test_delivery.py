@@ -338,6 +338,21 @@ class TestDuplicates:
         wait_until(lambda: len(pacs.received) == 2, 30, "both copies delivered")
         assert "identical to a copy received before; delivered again" in capacitor.log_text()
 
+    def test_keep_resend_after_delivery_is_not_reported_different(self, router, destinations, make_files):
+        pacs = destinations("PACS_A")
+        capacitor = router({"nodes": [pacs.node()]})
+        sent = make_files(1)
+
+        assert storescu(capacitor.port, sent, called="PACS_A").returncode == 0
+        wait_until(lambda: capacitor.delivery_states()["PACS_A"] == {"delivered": 1}, 30, "first copy delivered")
+        wait_until(lambda: not list((capacitor.cache / "objects").rglob("*.dcm")), 30, "delivered file deleted")
+        assert storescu(capacitor.port, sent, called="PACS_A").returncode == 0
+        wait_until(lambda: len(pacs.received) == 2, 30, "second copy delivered")
+
+        log = capacitor.log_text()
+        assert "differs from a copy received before" not in log
+        assert "the earlier copy was already delivered; delivered again" in log
+
     def test_discard_identical_keeps_a_differing_copy(self, router, destinations, tmp_path):
         pacs = destinations("PACS_A")
         capacitor = router({"nodes": [pacs.node()], "duplicateBehavior": "discardIdentical"})

@@ -67,12 +67,14 @@ def judge(spool: Spool, config: Config, sop_instance_uid: str, received: Path) -
         return Verdict("store", digest)
     if behavior == REJECT:
         return Verdict("reject", digest, "received before within duplicateThreshold")
-    identical = any(
-        _previous_digest(spool, instance_id, relative, known) == digest
-        for instance_id, relative, known in previous
-    )
+    earlier = [_previous_digest(spool, instance_id, relative, known) for instance_id, relative, known in previous]
+    identical = digest in earlier
     if identical and behavior == DISCARD_IDENTICAL:
         return Verdict("discard", digest, "identical to a copy received before")
     if identical:
         return Verdict("store", digest, "identical to a copy received before; delivered again")
+    if None in earlier:
+        # With duplicateBehavior keep, a first copy is not hashed, and its file
+        # is deleted once delivered, so there is nothing left to compare.
+        return Verdict("store", digest, "received before, and the earlier copy was already delivered; delivered again")
     return Verdict("store", digest, "differs from a copy received before; both are kept")
