@@ -1,6 +1,7 @@
 """Write the sample instances in samples/: small images with fake patient data.
 
-Run from the repository root: python scripts/make_samples.py
+Run from the repository root, after scripts/start or scripts/test set up .venv:
+.venv/bin/python scripts/make_samples.py
 """
 
 from __future__ import annotations
