@@ -331,26 +331,6 @@ class RecordingFindSCP:
         yield self.final_status, None
 
 
-def rules_apply_mutations() -> bool:
-    """Return whether RuleSet.mutate applies mutate rules yet."""
-    import tempfile
-
-    from capacitor.rules.engine import load_rules
-    from capacitor.rules.values import RuleContext
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "probe.rules"
-        path.write_text(
-            'mutate "probe" on worklist_result { set PatientID = "CHANGED" }\n',
-            encoding="utf-8",
-        )
-        rules = load_rules([path], [])
-    dataset = Dataset()
-    dataset.PatientID = "ORIGINAL"
-    result = rules.mutate(dataset, RuleContext(), "worklist_result", None)
-    return str(result.dataset.get("PatientID", "")) == "CHANGED"
-
-
 def background(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     """Run `target` in a thread; the list receives its return value."""
     box: list[Any] = []

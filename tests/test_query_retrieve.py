@@ -20,7 +20,6 @@ from tests.service_peers import (
     context,
     dcmtk,
     findscu,
-    rules_apply_mutations,
 )
 
 STUDY = "qr-study"
@@ -207,9 +206,6 @@ def test_get_with_role_selection(archive_setup, tmp_path):
     assert received == {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
 
 
-@pytest.mark.skipif(
-    not rules_apply_mutations(), reason="RuleSet.mutate does not apply mutate rules yet"
-)
 def test_find_rules_change_query_and_results(router, tmp_path):
     row = Dataset()
     row.QueryRetrieveLevel = "STUDY"

@@ -21,7 +21,6 @@ from tests.service_peers import (
     WorklistServer,
     context,
     findscu,
-    rules_apply_mutations,
     service_router,
     worklist_item,
 )
@@ -221,9 +220,6 @@ def test_impersonate_sets_upstream_calling_title(
     assert scp.calling_titles == [expected]
 
 
-@pytest.mark.skipif(
-    not rules_apply_mutations(), reason="RuleSet.mutate does not apply mutate rules yet"
-)
 def test_worklist_result_rule_excludes_rows(router, ris, tmp_path):
     rules = 'mutate "hide mr" on worklist_result {\n  when PatientID == "FAKE0002"\n  exclude\n}\n'
     capacitor = worklist_router(router, [ris.node()], {"10.rules": rules})
@@ -235,9 +231,6 @@ def test_worklist_result_rule_excludes_rows(router, ris, tmp_path):
     assert accessions(result) == ["ACC001"]
 
 
-@pytest.mark.skipif(
-    not rules_apply_mutations(), reason="RuleSet.mutate does not apply mutate rules yet"
-)
 def test_worklist_query_rule_changes_forwarded_query(router, tmp_path):
     scp = RecordingFindSCP()
     upstream = PynetdicomPeer(
