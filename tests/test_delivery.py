@@ -338,7 +338,7 @@ class TestDuplicates:
         wait_until(lambda: len(pacs.received) == 2, 30, "both copies delivered")
         assert "identical to a copy received before; delivered again" in capacitor.log_text()
 
-    def test_keep_resend_after_delivery_is_not_reported_different(self, router, destinations, make_files):
+    def test_resend_after_delivery_not_different(self, router, destinations, make_files):
         pacs = destinations("PACS_A")
         capacitor = router({"nodes": [pacs.node()]})
         sent = make_files(1)
