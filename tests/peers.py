@@ -109,9 +109,35 @@ class Sink:
             self.process = None
 
     def files(self) -> list[Path]:
+        """Return the instances storescp has finished writing.
+
+        storescp writes each file in place under its final name, so a file
+        that storescp still has open may be incomplete and is left out.
+        """
         if not self.folder.exists():
             return []
-        return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        writing = self._open_files()
+        return sorted(
+            p
+            for p in self.folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and os.path.realpath(p) not in writing
+        )
+
+    def _open_files(self) -> set[str]:
+        if self.process is None:
+            return set()
+        descriptors = Path(f"/proc/{self.process.pid}/fd")
+        paths = set()
+        try:
+            entries = list(descriptors.iterdir())
+        except OSError:
+            return set()  # the process has ended, so it writes nothing
+        for entry in entries:
+            try:
+                paths.add(os.readlink(entry))
+            except OSError:
+                continue  # the descriptor was closed meanwhile
+        return paths
 
     def wait_for(self, count: int, timeout: float = 30) -> list[Path]:
         wait_until(
