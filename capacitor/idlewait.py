@@ -45,37 +45,41 @@ _install_lock = threading.Lock()
 
 
 class _Waker:
-    """A pipe that a thread can block on in ``select`` and others can write to."""
+    """An eventfd that a thread can block on in ``poll`` and other threads can signal.
+
+    After ``close()``, ``wake()`` does nothing, so a late wake-up cannot
+    write into another file that reuses the descriptor number.
+    """
 
     def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+        self._closed = False
 
     def wake(self) -> None:
-        try:
-            os.write(self.write_fd, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # A full pipe already wakes the reader, and a closed one has no reader.
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.eventfd_write(self.fd, 1)
+            except BlockingIOError:
+                pass  # The counter is full, so the reader is already due to wake.
 
     def drain(self) -> None:
         try:
-            while os.read(self.read_fd, 4096):
-                pass
-        except (BlockingIOError, OSError):
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
             pass
 
     def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._lock:
+            self._closed = True
+            os.close(self.fd)
 
 
 def _notify_on_put(target: Any, notify: Any) -> None:
     """Make ``target.put`` call `notify` after each put, hooking each queue only once."""
-    if getattr(target, "_capacitor_notifies", None) is notify:
+    if getattr(target, "_capacitor_notifies", None) == notify:
         return
     put = type(target).put
 
@@ -109,17 +113,21 @@ def _wait_dul(dul: DULServiceProvider) -> None:
     waker = _dul_waker(dul)
     if _dul_has_work(dul):
         return
-    readers: list[Any] = [waker.read_fd]
+    # poll() rather than select(), which cannot watch descriptors from 1024 up.
+    poller = select.poll()
+    poller.register(waker.fd, select.POLLIN)
     assoc_socket = dul.socket
     raw = getattr(assoc_socket, "socket", None) if assoc_socket is not None else None
     if raw is not None and getattr(assoc_socket, "_is_connected", False):
         if isinstance(raw, ssl.SSLSocket) and raw.pending():
-            return  # decrypted bytes are waiting that select() cannot see
-        readers.append(raw)
+            return  # Decrypted bytes are waiting, which poll() cannot see.
+        try:
+            poller.register(raw, select.POLLIN)
+        except (OSError, ValueError):
+            pass  # The socket is closed, so pynetdicom's next read reports it.
     try:
-        select.select(readers, [], [], IDLE_WAIT)
-    except (OSError, ValueError):
-        # The socket closed under us: pynetdicom's next read reports it.
+        poller.poll(IDLE_WAIT * 1000)
+    except OSError:
         time.sleep(dul._run_loop_delay)  # noqa: SLF001
     waker.drain()
 
@@ -142,7 +150,9 @@ def _run_dul(original: Any) -> Any:
         finally:
             assoc = getattr(self, "assoc", None)
             if assoc is not None:
-                _association_event(assoc).set()  # its reactor checks whether the DUL is alive
+                # NOTE: this runs before is_alive() turns False, so an association
+                # thread that looks in between notices the end one IDLE_WAIT later.
+                _association_event(assoc).set()
             waker = self.__dict__.pop("_capacitor_waker", None)
             if waker is not None:
                 waker.close()
@@ -154,10 +164,10 @@ def _run_dul(original: Any) -> Any:
 
 
 def _association_event(assoc: Association) -> threading.Event:
+    """Return the event that ends the association thread's wait; made with the association."""
     event = assoc.__dict__.get("_capacitor_activity")
     if event is None:
-        event = threading.Event()
-        assoc.__dict__["_capacitor_activity"] = event
+        event = assoc.__dict__.setdefault("_capacitor_activity", threading.Event())
     return event
 
 
@@ -186,7 +196,10 @@ def _set_association_kill(assoc: Association, value: bool) -> None:
 
 
 def _get_checkpoint(assoc: Association) -> threading.Event:
-    return assoc.__dict__["_capacitor_checkpoint"]
+    try:
+        return assoc.__dict__["_capacitor_checkpoint"]
+    except KeyError:
+        raise AttributeError("_reactor_checkpoint") from None
 
 
 def _set_checkpoint(assoc: Association, checkpoint: threading.Event) -> None:
@@ -197,10 +210,12 @@ def _set_checkpoint(assoc: Association, checkpoint: threading.Event) -> None:
     through the request.
     """
     clear = checkpoint.clear
+    # Association.__init__ sets the checkpoint, so the event exists before any thread waits on it.
+    event = _association_event(assoc)
 
     def clear_and_wake() -> None:
         clear()
-        _association_event(assoc).set()
+        event.set()
 
     checkpoint.clear = clear_and_wake  # type: ignore[method-assign]
     assoc.__dict__["_capacitor_checkpoint"] = checkpoint

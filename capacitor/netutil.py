@@ -51,8 +51,9 @@ def _read_whole(self: AssociationSocket, nr_bytes: int) -> bytearray:
     pynetdicom 3.0 reads a PDU 4096 bytes at a time, and each read releases
     and takes back the interpreter lock, so a 128 KiB PDU costs 32 lock
     hand-overs. With MSG_WAITALL the kernel fills up to _READ_CHUNK bytes in
-    one call. The buffer grows only as data arrives, so a PDU header that
-    announces gigabytes allocates nothing until they come. TLS sockets and
+    one call. The buffer grows by at most _READ_CHUNK ahead of the data
+    received, so a PDU header that announces gigabytes costs 1 MiB until
+    the data comes. TLS sockets and
     sockets with a timeout keep pynetdicom's reads, since MSG_WAITALL does
     not apply to them.
     """

@@ -56,9 +56,9 @@ print(json.dumps({
 """
 
 
-def run_script() -> dict:
+def run_script(script: str = SCRIPT) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(free_port())], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, str(free_port())], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -81,3 +81,45 @@ def test_waiting_association_wakes_for_requests_and_release():
     assert report["first"] == 0x0000, report
     assert report["second"] == 0x0000, report
     assert report["released"] is True, report
+
+
+ABORT_SCRIPT = r"""
+import json, os, sys, tempfile, time
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from capacitor import idlewait
+
+idlewait.install()
+
+def abort_on_echo(event):
+    event.assoc.abort()
+    return 0x0000
+
+port = int(sys.argv[1])
+server_ae = AE(ae_title="ABORTSCP")
+server_ae.add_supported_context(Verification)
+server = server_ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_ECHO, abort_on_echo)])
+client_ae = AE(ae_title="ABORTSCU")
+client_ae.add_requested_context(Verification)
+assoc = client_ae.associate("127.0.0.1", port, ae_title="ABORTSCP")
+assoc.send_c_echo()
+deadline = time.monotonic() + 10
+while assoc.dul.is_alive() and time.monotonic() < deadline:
+    time.sleep(0.01)
+folder = tempfile.mkdtemp()
+handles = [open(os.path.join(folder, f"{n}.bin"), "wb", buffering=0) for n in range(4)]
+assoc.abort()  # queues an A-ABORT for a DUL thread that has already ended
+for handle in handles:
+    handle.close()
+sizes = [os.path.getsize(os.path.join(folder, f"{n}.bin")) for n in range(4)]
+server.shutdown()
+print(json.dumps({"dul_alive": assoc.dul.is_alive(), "sizes": sizes}))
+"""
+
+
+def test_late_wake_writes_to_no_reused_descriptor():
+    report = run_script(ABORT_SCRIPT)
+
+    assert report["dul_alive"] is False, report
+    # Files opened after the DUL thread closed its wake-up descriptor may reuse its number.
+    assert report["sizes"] == [0, 0, 0, 0], report
