@@ -63,10 +63,10 @@ def _read_whole(self: AssociationSocket, nr_bytes: int) -> bytearray:
     buffer = bytearray()
     while len(buffer) < nr_bytes:
         start = len(buffer)
-        wanted = min(nr_bytes - start, _READ_CHUNK)
-        buffer.extend(bytes(wanted))
+        size = min(nr_bytes - start, _READ_CHUNK)
+        buffer.extend(bytes(size))
         with memoryview(buffer) as view:
-            count = raw.recv_into(view[start:], wanted, socket.MSG_WAITALL)
+            count = raw.recv_into(view[start:], size, socket.MSG_WAITALL)
         del buffer[start + count :]
         if count == 0:
             break  # The peer closed the connection, so return what arrived, as pynetdicom does.

@@ -195,6 +195,18 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return connection
 
 
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Run the block on `db` in BEGIN IMMEDIATE ... COMMIT, rolling back on any exception."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 class SpoolIndex:
     """Thread-safe access to the index; each thread gets its own connection."""
 
@@ -230,40 +242,27 @@ class SpoolIndex:
         synchronous`` FULL, because only the commits that record received
         instances must survive a power cut.
         """
-        db = getattr(self._local, "intake", None)
-        if db is None:
-            db = connect(self.path, self._synchronous)
-            self._local.intake = db
-            with self._lock:
-                self._all.append(db)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(self._thread_connection("intake", self._synchronous)) as db:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = connect(self.path, "NORMAL")
-            self._local.connection = connection
-            with self._lock:
-                self._all.append(connection)
-        return connection
+        return self._thread_connection("connection", "NORMAL")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Run the block in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
-        db = self.connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(self.connection()) as db:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+
+    def _thread_connection(self, name: str, synchronous: str) -> sqlite3.Connection:
+        """Return this thread's connection called `name`, opening it on first use."""
+        db = getattr(self._local, name, None)
+        if db is None:
+            db = connect(self.path, synchronous)
+            setattr(self._local, name, db)
+            with self._lock:
+                self._all.append(db)
+        return db
 
     def close(self) -> None:
         with self._lock:
