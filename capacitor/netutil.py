@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 import time
 from typing import Any
 
 from pynetdicom import AE, evt
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
@@ -21,23 +23,74 @@ LOGGER = logging.getLogger(__name__)
 SEND_QUEUE_LIMIT = 16
 _SEND_WAIT = 0.0005
 
+_send_in_reactor = AssociationSocket.send
 
-def limit_send_queue(assoc: Any) -> None:
-    """Make senders on `assoc` wait while its send queue holds SEND_QUEUE_LIMIT P-DATA PDUs."""
+
+def _locked_send(self: AssociationSocket, bytestream: bytes) -> None:
+    """Send one whole PDU while no other thread writes to the same socket."""
+    with _send_lock(self):
+        _send_in_reactor(self, bytestream)
+
+
+def _send_lock(assoc_socket: AssociationSocket) -> threading.Lock:
+    # dict.setdefault is atomic, so two threads never get different locks.
+    return assoc_socket.__dict__.setdefault("_capacitor_send_lock", threading.Lock())
+
+
+def install_locked_sends() -> None:
+    """Make each PDU written to an association's socket go out whole; safe to call twice."""
+    AssociationSocket.send = _locked_send  # type: ignore[method-assign]
+
+
+def _can_write_directly(dul: Any) -> bool:
+    """Return whether a P-DATA PDU may be written to `dul`'s socket by the calling thread.
+
+    That holds for an established association on a plain socket whose send
+    queue is empty. TLS sockets are left to pynetdicom's reactor thread,
+    since an SSL connection must not be written by one thread while another
+    reads it.
+    """
+    assoc_socket = dul.socket
+    return (
+        AssociationSocket.send is _locked_send
+        and assoc_socket is not None
+        and isinstance(assoc_socket.socket, socket.socket)
+        and not isinstance(assoc_socket.socket, ssl.SSLSocket)
+        and dul.state_machine.current_state == "Sta6"
+        and dul.to_provider_queue.empty()
+    )
+
+
+def send_data_directly(assoc: Any) -> None:
+    """Make P-DATA sent on `assoc` go out from the calling thread.
+
+    pynetdicom queues every PDU for its reactor thread, so each 16 KB
+    fragment of an instance costs two thread hand-overs and a wake-up.
+    Here the thread that encodes a P-DATA primitive writes it to the socket
+    itself, under the socket's send lock. A slow peer then holds up that
+    thread, so memory is bounded to one PDU. Where a direct write is not
+    allowed, the primitive is queued as before, and the sender waits while
+    SEND_QUEUE_LIMIT of them are waiting.
+    """
     dul = assoc.dul
-    if getattr(dul, "_capacitor_bounded", False):
+    if getattr(dul, "_capacitor_direct", False):
         return
     original = dul.send_pdu
 
     def send_pdu(primitive: Any) -> None:
         if isinstance(primitive, P_DATA):
+            if _can_write_directly(dul):
+                pdu = P_DATA_TF(primitive)
+                dul.socket.send(pdu.encode())
+                evt.trigger(assoc, evt.EVT_PDU_SENT, {"pdu": pdu})
+                return
             pending = dul.to_provider_queue.queue
             while len(pending) >= SEND_QUEUE_LIMIT and dul.is_alive() and not assoc.is_aborted:
                 time.sleep(_SEND_WAIT)
         original(primitive)
 
     dul.send_pdu = send_pdu
-    dul._capacitor_bounded = True  # noqa: SLF001
+    dul._capacitor_direct = True  # noqa: SLF001
 
 
 _read_in_pieces = AssociationSocket.recv
@@ -86,7 +139,7 @@ def set_nodelay(event: evt.Event) -> None:
     small-instance throughput at a few dozen per second. pynetdicom 3.0 does
     not set it.
     """
-    limit_send_queue(event.assoc)
+    send_data_directly(event.assoc)
     assoc_socket = getattr(event.assoc.dul, "socket", None)
     raw: Any = getattr(assoc_socket, "socket", None)
     if raw is None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
-from capacitor.netutil import _read_whole
+from pydicom import dcmread
+
+from capacitor.netutil import _read_whole, install_locked_sends, set_nodelay
+from tests.peers import HOST
 
 
 def send_in_pieces(sock: socket.socket, data: bytes, piece: int, close: bool) -> threading.Thread:
@@ -63,3 +67,45 @@ def test_socket_with_timeout_keeps_pynetdicom_reads():
         writer.close()
 
     assert bytes(received) == b"y" * 9000
+
+
+class TestDirectDataWrites:
+    """P-DATA leaves from the thread that sends the message, in whole PDUs, on plain sockets."""
+
+    def send_and_record(self, destination, path: Path) -> tuple[set[str], object]:
+        from pynetdicom import AE, evt
+        from pynetdicom.pdu import P_DATA_TF
+
+        install_locked_sends()
+        senders: set[str] = set()
+
+        def note(event: evt.Event) -> None:
+            if isinstance(event.pdu, P_DATA_TF):
+                senders.add(threading.current_thread().name)
+
+        ae = AE(ae_title="SENDER")
+        header = dcmread(path, stop_before_pixels=True)
+        ae.add_requested_context(header.SOPClassUID, [header.file_meta.TransferSyntaxUID])
+        assoc = ae.associate(
+            HOST,
+            destination.port,
+            ae_title=destination.ae_title,
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_PDU_SENT, note)],
+        )
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(path)
+        finally:
+            assoc.release()
+        return senders, status
+
+    def test_data_is_written_by_the_sending_thread(self, destinations, make_files):
+        destination = destinations(maximum_pdu=16384)
+        path = make_files(1, rows=256, columns=256)[0]
+
+        senders, status = self.send_and_record(destination, path)
+
+        assert status is not None and status.Status == 0x0000
+        assert senders == {threading.current_thread().name}
+        received = destination.received[0]["dataset"]
+        assert received.PixelData == dcmread(path).PixelData
