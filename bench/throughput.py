@@ -10,7 +10,7 @@ Sends two corpora with DCMTK storescu (1 and 4 parallel senders) to:
 
 End-to-end time runs from the first storescu start until the sink holds
 every instance. CPU seconds and peak memory (VmHWM) are those of the
-receiving process, read from /proc; storescp direct is run with --fork, so
+receiving process and its child processes, read from /proc; storescp direct is run with --fork, so
 its figures cover the parent only. Every DCMTK and Orthanc process runs
 with TCP_NODELAY=1, because DCMTK 3.6.7 leaves Nagle's algorithm on
 otherwise.
@@ -109,15 +109,39 @@ def make_corpus(folder: Path, small: int, ct: int) -> dict[str, list[Path]]:
     return {name: sorted(path.iterdir()) for name, path in corpora.items()}
 
 
+def descendants(pid: int) -> list[int]:
+    """Return the live descendants of `pid`, from /proc/<pid>/task/<tid>/children."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.append(child)
+            found.extend(descendants(child))
+    return found
+
+
 def proc_usage(pid: int) -> tuple[float, float]:
-    """Return (CPU seconds including reaped children, peak resident MB) of a running process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(value) for value in fields[11:15])
+    """Return CPU seconds and peak resident MB of a running process and its live descendants.
+
+    CPU seconds include children already reaped; peak memory is the sum
+    of each process's own peak, so it may add peaks that did not overlap.
+    """
+    seconds = 0.0
     peak = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024
-    return ticks / CLOCK_TICKS, peak
+    for member in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue  # ended while being read
+        seconds += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+        for line in status:
+            if line.startswith("VmHWM:"):
+                peak += int(line.split()[1]) / 1024
+    return seconds, peak
 
 
 class Sink:

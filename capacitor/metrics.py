@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +144,9 @@ def count_store_response(event: evt.Event) -> None:
 
 def count_delivery(node: str, delivery: Delivery, outcome: Outcome, seconds: float) -> None:
     """Count one recorded delivery attempt to `node`, which took `seconds` to send."""
+    if _relay is not None:
+        _relay("delivery", (node, delivery, outcome, seconds))
+        return
     SEND_SECONDS.labels(node).observe(seconds)
     if outcome.delivered:
         LATENCY_SECONDS.labels(node).observe(max(0.0, time.time() - delivery.received_at))
@@ -153,12 +156,45 @@ def count_delivery(node: str, delivery: Delivery, outcome: Outcome, seconds: flo
 
 
 def count_association_failure(node: str) -> None:
+    if _relay is not None:
+        _relay("association_failure", (node,))
+        return
     ASSOCIATION_FAILURES.labels(node).inc()
 
 
 def count_rule_matches(kind: str, rule_names: Iterable[str]) -> None:
+    if _relay is not None:
+        names = list(rule_names)
+        if names:
+            _relay("rule_matches", (kind, names))
+        return
     for name in rule_names:
         RULE_MATCHES.labels(kind, name).inc()
+
+
+# In the forwarding process: sends each count to the main process, whose
+# registry /metrics serves.
+_relay: Callable[[str, tuple[Any, ...]], None] | None = None
+
+
+def relay_counts(send: Callable[[str, tuple[Any, ...]], None]) -> None:
+    """Hand every count made in this process to `send` instead of the local registry."""
+    global _relay
+    _relay = send
+
+
+def apply_relayed(name: str, args: tuple[Any, ...]) -> None:
+    """Add a count relayed by the forwarding process to this process's registry."""
+    counters: dict[str, Callable[..., None]] = {
+        "delivery": count_delivery,
+        "association_failure": count_association_failure,
+        "rule_matches": count_rule_matches,
+    }
+    count = counters.get(name)
+    if count is None:
+        LOGGER.warning("Ignored an unknown count %r from the forwarding process", name)
+        return
+    count(*args)
 
 
 def count_reload(applied: bool, errors: Sequence[str] = ()) -> None:

@@ -17,7 +17,7 @@ from capacitor.api import ApiServer, Health
 from capacitor.config.loader import parse_size
 from capacitor.reload import ConfigWatcher
 from capacitor.scp.store import StoreSCP
-from capacitor.scu.forwarder import DeliveryManager
+from capacitor.scu.process import ForwarderProcess
 from capacitor.services.running import Services
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
@@ -43,11 +43,12 @@ class Router:
     def __init__(self, state: RouterState, loader: Callable[[], RouterState] | None = None) -> None:
         idlewait.install()
         netutil.install_whole_reads()
+        netutil.install_locked_sends()
         self._state = state
         self._state_lock = threading.Lock()
         config = state.config
         self.spool = Spool(config.cache_dir, durable=bool(config["syncWrites"]))
-        self.deliveries = DeliveryManager(self.state, self.spool)
+        self.forwarder = ForwarderProcess(self.state, self.spool)
         self.store_scp = StoreSCP(self.state, self.spool)
         self.services = Services(self.state, self.spool)
         self.store_scp.moves = self.services.moves
@@ -66,6 +67,7 @@ class Router:
     def replace_state(self, state: RouterState) -> None:
         with self._state_lock:
             self._state = state
+        self.forwarder.update(state)
 
     # start
 
@@ -75,7 +77,7 @@ class Router:
         config = state.config
         self.spool.start()
         metrics.REGISTRY.register(self.spool_metrics)
-        self.deliveries.start()
+        self.forwarder.start()
         self.start_store_scp()
         self.services.start()
         self.start_api()
@@ -150,6 +152,12 @@ class Router:
         else:
             host, port = server.server_address[:2]
             result.checks["storeScp"] = f"listening on {host}:{port}"
+        if not self.stopping.is_set():
+            pid = self.forwarder.pid
+            if pid is None:
+                result.fail("forwarder", "forwarding process not running; it is started again within seconds")
+            else:
+                result.checks["forwarder"] = f"running (pid {pid})"
         try:
             self.spool_metrics.check()
             result.checks["spool"] = "ok"
@@ -195,7 +203,7 @@ class Router:
         # Workers finish the instance they are sending and put the rest back in
         # the queue, while inbound associations finish in parallel.
         workers = threading.Thread(
-            target=self.deliveries.stop, args=(timeout,), name="stop-deliveries", daemon=True
+            target=self.forwarder.stop, args=(timeout,), name="stop-forwarder", daemon=True
         )
         workers.start()
         if server is not None:

@@ -69,6 +69,15 @@ def port_open(port: int) -> bool:
         return probe.connect_ex((HOST, port)) == 0
 
 
+def process_running(pid: int) -> bool:
+    """Return whether `pid` is a process that has not ended (a zombie has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:
     """Stop `process` by its PID: SIGTERM, then SIGKILL if it does not exit."""
     if process.poll() is not None:
@@ -239,11 +248,30 @@ class RouterProcess:
         self.process = None
         return code
 
+    def children(self) -> list[int]:
+        """Return the PIDs of the router's child processes (the forwarding process)."""
+        if self.process is None:
+            return []
+        found = []
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                found.extend(int(pid) for pid in (task / "children").read_text().split())
+            except OSError:
+                continue
+        return found
+
     def kill9(self) -> None:
+        """Kill the router with SIGKILL and wait until its child processes have ended too."""
         if self.process is not None:
+            children = self.children()
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
             self.process = None
+            wait_until(
+                lambda: not any(process_running(pid) for pid in children),
+                10,
+                f"child processes {children} ending after the router was killed",
+            )
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

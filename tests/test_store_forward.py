@@ -175,7 +175,9 @@ def test_queue_stats_counts_by_node_and_state(router, sinks, make_files):
     sink = sinks("ARCHIVE")
     down = sinks("DOWN", start=False)
     rules = 'route "both" { forward to ARCHIVE, DOWN }\n'
-    capacitor = router({"nodes": [sink.node(), down.node()]}, {"10.rules": rules})
+    # A long retry delay keeps the failed deliveries retrying while the stats are read.
+    config = {"nodes": [sink.node(), down.node()], "retryInitialDelaySeconds": 60}
+    capacitor = router(config, {"10.rules": rules})
 
     assert storescu(capacitor.port, make_files(3)).returncode == 0
     sink.wait_for(3)

@@ -106,8 +106,13 @@ def install(incoming: Path) -> None:
     global _incoming
     _incoming = incoming
     _config.STORE_RECV_CHUNKED_DATASET = True
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    send_files_unparsed()
     dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[assignment]
+
+
+def send_files_unparsed() -> None:
+    """Make pynetdicom send a file's dataset as it is stored, without decoding it."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
 
 
 def discard_partial(event: evt.Event) -> None:
