@@ -17,7 +17,7 @@ from capacitor.api import ApiServer, Health
 from capacitor.config.loader import parse_size
 from capacitor.reload import ConfigWatcher
 from capacitor.scp.store import StoreSCP
-from capacitor.scu.process import ForwarderProcess
+from capacitor.scu.process import HEARTBEAT_SECONDS, ForwarderProcess
 from capacitor.services.running import Services
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
@@ -154,8 +154,11 @@ class Router:
             result.checks["storeScp"] = f"listening on {host}:{port}"
         if not self.stopping.is_set():
             pid = self.forwarder.pid
+            silent = self.forwarder.silent_seconds()
             if pid is None:
                 result.fail("forwarder", "forwarding process not running; it is started again within seconds")
+            elif silent > 3 * HEARTBEAT_SECONDS:
+                result.fail("forwarder", f"forwarding process (pid {pid}) sent nothing for {silent:.0f} s")
             else:
                 result.checks["forwarder"] = f"running (pid {pid})"
         try:

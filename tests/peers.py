@@ -241,19 +241,30 @@ class RouterProcess:
         return all(port_open(int(self.config[name])) for name in LISTENER_PORTS if self.config.get(name))
 
     def stop(self) -> int | None:
+        """Stop the router with SIGTERM; its child processes must end with it."""
         if self.process is None:
             return None
+        children = self.children()
         stop_process(self.process)
         code = self.process.returncode
         self.process = None
+        wait_until(
+            lambda: not any(process_running(pid) for pid in children),
+            10,
+            f"child processes {children} ending with the router",
+        )
         return code
 
     def children(self) -> list[int]:
         """Return the PIDs of the router's child processes (the forwarding process)."""
-        if self.process is None:
+        if self.process is None or self.process.poll() is not None:
             return []
         found = []
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+        try:
+            tasks = list(Path(f"/proc/{self.process.pid}/task").iterdir())
+        except OSError:
+            return []  # ended meanwhile
+        for task in tasks:
             try:
                 found.extend(int(pid) for pid in (task / "children").read_text().split())
             except OSError:

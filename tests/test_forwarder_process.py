@@ -1,4 +1,4 @@
-"""The forwarding process: restarted when it dies, gone when the router dies, counts relayed."""
+"""The forwarding process: replaced when it dies or falls silent, gone with the router, counts relayed."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 import os
 import signal
 
+from capacitor.scu import process
+from capacitor.spool.store import Spool
+from capacitor.state import load_state
 from tests.peers import free_port, process_running, storescu, wait_until
 
 
@@ -13,6 +16,14 @@ def forwarder_pid(capacitor) -> int:
     children = wait_until(capacitor.children, 20, "the router's forwarding process")
     assert len(children) == 1, children
     return children[0]
+
+
+def ignores(pid: int, number: int) -> bool:
+    """Return whether process `pid` ignores signal `number`, from the SigIgn mask in /proc."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (number - 1) & 1)
+    return False
 
 
 def test_killed_forwarder_is_started_again(router, sinks, make_files):
@@ -68,3 +79,46 @@ def test_mutate_matches_counted_by_main_process(router, sinks, make_files):
         "three mutate matches in /metrics",
     )
     assert capacitor.metric("capacitor_instances_delivered_total", node="ARCHIVE") == 3
+
+
+def test_forwarder_ignores_sigterm_to_every_process(router, sinks, make_files):
+    sink = sinks("ARCHIVE")
+    capacitor = router({"nodes": [sink.node()]}, {"10.rules": 'route "all" { forward to ARCHIVE }\n'})
+    child = forwarder_pid(capacitor)
+    # The child ignores the signals from its first statement on; Python's own start comes before.
+    wait_until(lambda: ignores(child, signal.SIGTERM), 20, "the forwarding process ignoring SIGTERM")
+
+    os.kill(child, signal.SIGTERM)
+    assert storescu(capacitor.port, make_files(2)).returncode == 0
+    sink.wait_for(2)
+
+    assert process_running(child)
+    assert capacitor.stop() == 0
+    assert not process_running(child)
+    assert "ended unexpectedly" not in capacitor.log_text()
+
+
+def test_silent_forwarder_is_replaced(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(process, "HEARTBEAT_SECONDS", 0.2)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "config.yml").write_text("scpPort: 0\nnodes: []\n")
+    state = load_state(data, environ={})
+    spool = Spool(state.config.cache_dir)
+    spool.start()
+    forwarder = process.ForwarderProcess(lambda: state, spool)
+    forwarder.start()
+    first = forwarder.pid
+    assert first is not None
+    try:
+        os.kill(first, signal.SIGSTOP)
+        replacement = wait_until(
+            lambda: forwarder.pid not in (None, first) and forwarder.pid, 20, "a new forwarding process"
+        )
+    finally:
+        forwarder.stop(2)
+        spool.stop()
+
+    assert replacement != first
+    assert not process_running(first)
+    assert f"Forwarding process (pid {first}) sent nothing for" in caplog.text

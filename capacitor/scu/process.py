@@ -3,21 +3,26 @@
 Receiving and forwarding each spend most of their time in Python code of
 pynetdicom and pydicom. In one process they take turns on one interpreter
 lock; in two, each has a core. The router's main process receives and
-spools; a child process (``python -m capacitor.scu.process``) runs the
+spools; a child process (``python -m capacitor.scu.forwarding``) runs the
 DeliveryManager. They share nothing but the spool (the SQLite index in WAL
 mode and the object files) and one socket pair carrying pickled messages:
 
-* main to child: ``("start", state, cache folder, durable, configure logging)``
-  first, ``("wake", nodes)`` after instances were committed,
-  ``("state", state)`` after a reload, ``("stop", seconds)``;
+* main to child: ``("start", state, cache folder, durable, configure logging,
+  heartbeat seconds)``
+  first, then ``("wake", nodes)`` after instances were committed,
+  ``("state", state)`` after a reload and ``("stop", seconds)``;
 * child to main: ``("count", name, args)`` for each metric the workers
-  count, which the main process adds to its registry, and ``("stopped",)``.
+  count, which the main process adds to its registry, and ``("alive",)``
+  every few seconds.
 
-The child ends at once when the pipe closes, so it never outlives the
+The child ends at once when the socket closes, so it never outlives the
 main process, even one killed with SIGKILL; deliveries it had in flight
-are returned to the queue at the next start. When the child dies, the
-main process logs it and starts another, which returns the dead child's
-deliveries to the queue first.
+are returned to the queue at the next start. It ignores SIGTERM, SIGINT
+and SIGHUP, which a service manager or terminal may send to every
+process of the router: the main process stops it in order. When the
+child dies, or sends nothing for UNRESPONSIVE_BEATS heartbeats, the main
+process logs it, kills it if need be and starts another, which returns
+the dead child's deliveries to the queue first.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -42,6 +48,10 @@ LOGGER = logging.getLogger(__name__)
 _RESTART_DELAY = 1.0
 # Seconds a stopping child gets beyond its own stop timeout before it is killed.
 _STOP_GRACE = 5.0
+# Seconds between the child's signs of life; sent to the child at start.
+HEARTBEAT_SECONDS = 5.0
+# Heartbeats missed in a row after which the child is killed and replaced.
+UNRESPONSIVE_BEATS = 12
 
 
 class ForwarderProcess:
@@ -59,6 +69,8 @@ class ForwarderProcess:
     def __init__(self, state: Callable[[], RouterState], spool: Spool) -> None:
         self.state = state
         self.spool = spool
+        # _life guards _process and _connection, which a restart replaces together.
+        self._life = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._connection: Connection | None = None
         self._send_lock = threading.Lock()
@@ -66,6 +78,7 @@ class ForwarderProcess:
         self._nodes: set[str] = set()
         self._new_state: RouterState | None = None
         self._stopping = threading.Event()
+        self._last_heard = time.monotonic()
         self._threads: list[threading.Thread] = []
 
     # life cycle
@@ -78,30 +91,56 @@ class ForwarderProcess:
             thread.start()
             self._threads.append(thread)
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> bool:
+        """Start a child and make it current; return False when the router is stopping."""
         ours, theirs = socket.socketpair()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "capacitor.scu.process", str(theirs.fileno())],
+                [sys.executable, "-m", "capacitor.scu.forwarding", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
-                # A group of its own: a terminal's Ctrl-C reaches the main
-                # process only, which then stops the child in order.
+                # A group of its own, so a terminal's Ctrl-C goes to the main process only.
                 process_group=0,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
+
         connection = Connection(ours.detach())
-        with self._send_lock:
-            self._process, self._connection = process, connection
-        self._send(("start", self.state(), self.spool.root, self.spool.durable, logs.is_configured()))
+        state = self.state()
+        # "start" goes out before the connection is shared, so it is always the first message.
+        try:
+            connection.send(
+                ("start", state, self.spool.root, self.spool.durable, logs.is_configured(), HEARTBEAT_SECONDS)
+            )
+        except OSError as exc:
+            LOGGER.error("Sending the start message to the forwarding process (pid %d) failed: %s", process.pid, exc)
+
+        with self._life:
+            stale = self._stopping.is_set()
+            if not stale:
+                self._process, self._connection = process, connection
+                self._last_heard = time.monotonic()
+        if stale:
+            process.kill()
+            process.wait()
+            connection.close()
+            return False
         LOGGER.info("Forwarding process started (pid %d)", process.pid)
+        if self.state() is not state:
+            # A reload between reading the state and publishing the child may
+            # have sent its update to the previous child.
+            self.update(self.state())
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let the workers finish what they are sending for up to `timeout` seconds, then end the child."""
-        self._stopping.set()
+        with self._life:
+            self._stopping.set()
+            process = self._process
         with self._outbox:
             self._outbox.notify_all()
-        process = self._process
         if process is None:
             return
         self._send(("stop", timeout))
@@ -113,13 +152,19 @@ class ForwarderProcess:
             process.wait()
         for thread in self._threads:
             thread.join(timeout=5)
-        if self._connection is not None:
-            self._connection.close()
+        with self._life:
+            connection = self._connection
+        if connection is not None:
+            connection.close()
 
     @property
     def pid(self) -> int | None:
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
+
+    def silent_seconds(self) -> float:
+        """Return the seconds since the child last sent a message."""
+        return time.monotonic() - self._last_heard
 
     # main to child
 
@@ -138,67 +183,91 @@ class ForwarderProcess:
     def _send_loop(self) -> None:
         while not self._stopping.is_set():
             with self._outbox:
-                while not (self._nodes or self._new_state or self._stopping.is_set()):
-                    self._outbox.wait()
+                if not (self._nodes or self._new_state or self._stopping.is_set()):
+                    self._outbox.wait(HEARTBEAT_SECONDS)
                 nodes, self._nodes = sorted(self._nodes), set()
                 state, self._new_state = self._new_state, None
             if state is not None:
                 self._send(("state", state))
             if nodes:
                 self._send(("wake", nodes))
+            self._kill_if_unresponsive()
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        with self._send_lock:
+        with self._life:
             connection = self._connection
-            if connection is None:
-                return
+        if connection is None:
+            return
+        with self._send_lock:
             try:
                 connection.send(message)
             except (OSError, ValueError) as exc:
                 # The watch thread detects that the child ended and starts another.
                 LOGGER.debug("Forwarding process did not take %s: %s", message[0], exc)
 
+    def _kill_if_unresponsive(self) -> None:
+        silent = self.silent_seconds()
+        process = self._process
+        if silent < HEARTBEAT_SECONDS * UNRESPONSIVE_BEATS or process is None or process.poll() is not None:
+            return
+        LOGGER.error(
+            "Forwarding process (pid %d) sent nothing for %.0f s; killing it to start another", process.pid, silent
+        )
+        process.kill()
+        self._last_heard = time.monotonic()
+
     # child to main
 
     def _watch_loop(self) -> None:
-        while True:
-            self._read_until_closed()
-            process = self._process
-            assert process is not None
+        while not self._stopping.is_set():
+            with self._life:
+                process, connection = self._process, self._connection
+            assert process is not None and connection is not None
+            self._read_until_closed(connection)
             if self._stopping.is_set():
                 return
             try:
                 code = process.wait(_STOP_GRACE)
             except subprocess.TimeoutExpired:
-                # The pipe failed while the child still runs: end it, then start another.
+                # The socket failed while the child still runs: end it, then start another.
                 process.kill()
                 code = process.wait()
+            connection.close()
             LOGGER.error(
                 "Forwarding process (pid %d) ended unexpectedly with exit code %s; starting another in %.0f s",
                 process.pid,
                 code,
                 _RESTART_DELAY,
             )
-            if self._stopping.wait(_RESTART_DELAY):
+            if not self._restart():
                 return
-            try:
-                self._spawn()
-            except OSError as exc:
-                LOGGER.error("Cannot start the forwarding process: %s; trying again", exc)
-                continue
             # Deliveries committed while no child ran get their wake-up now.
             self.notify(self.spool.index.nodes_with_pending())
 
-    def _read_until_closed(self) -> None:
-        connection = self._connection
-        assert connection is not None
+    def _restart(self) -> bool:
+        """Start another child, trying again until it starts; False when the router stops first."""
+        while not self._stopping.wait(_RESTART_DELAY):
+            try:
+                return self._spawn()
+            except OSError as exc:
+                LOGGER.error("Cannot start the forwarding process: %s; trying again in %.0f s", exc, _RESTART_DELAY)
+        return False
+
+    def _read_until_closed(self, connection: Connection) -> None:
         while True:
             try:
                 message = connection.recv()
             except (EOFError, OSError):
                 return
-            if message[0] == "count":
-                metrics.apply_relayed(message[1], message[2])
+            except Exception:  # noqa: BLE001 - one bad message must not stop the reading
+                LOGGER.exception("Ignored a message from the forwarding process that could not be read")
+                continue
+            self._last_heard = time.monotonic()
+            try:
+                if message[0] == "count":
+                    metrics.apply_relayed(message[1], message[2])
+            except Exception:  # noqa: BLE001 - as above
+                LOGGER.exception("Ignored a message from the forwarding process that could not be applied")
 
 
 def run_forwarder(connection: Connection) -> None:
@@ -207,11 +276,13 @@ def run_forwarder(connection: Connection) -> None:
     from capacitor.scu.forwarder import DeliveryManager
 
     try:
-        kind, state, root, durable, log = connection.recv()
+        message = connection.recv()
     except (EOFError, OSError):
         return
-    assert kind == "start", kind
-
+    if message[0] != "start":
+        LOGGER.error("Forwarding process got %r before its start message; exiting", message[0])
+        return
+    _, state, root, durable, log, heartbeat = message
     if log:
         logs.configure(logs.LogSettings.from_settings(state.config.settings))
     idlewait.install()
@@ -222,7 +293,10 @@ def run_forwarder(connection: Connection) -> None:
 
     def send(message: tuple[Any, ...]) -> None:
         with send_lock:
-            connection.send(message)
+            try:
+                connection.send(message)
+            except OSError:
+                pass  # The main process is gone; the reading loop ends this process.
 
     metrics.relay_counts(lambda name, args: send(("count", name, args)))
     spool = Spool(root, durable)
@@ -232,12 +306,24 @@ def run_forwarder(connection: Connection) -> None:
     current = [state]
     manager = DeliveryManager(lambda: current[0], spool)
     manager.start()
+
+    def beat() -> None:
+        while True:
+            time.sleep(heartbeat)
+            send(("alive",))
+
+    def stop(timeout: float) -> None:
+        manager.stop(timeout)
+        spool.index.close()
+        os._exit(0)
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
     while True:
         try:
             message = connection.recv()
         except (EOFError, OSError):
-            # The main process ended, so this one ends at once too.
-            os._exit(1)
+            # The main process ended, so this one ends at once too, whatever it was doing.
+            os._exit(0)
         kind = message[0]
         if kind == "wake":
             manager.notify(message[1])
@@ -246,12 +332,6 @@ def run_forwarder(connection: Connection) -> None:
             if log:
                 logs.configure(logs.LogSettings.from_settings(current[0].config.settings))
         elif kind == "stop":
-            manager.stop(float(message[1]))
-            spool.index.close()
-            send(("stopped",))
-            connection.close()
-            return
+            # Stopping runs beside this loop, which keeps watching for the main process to end.
+            threading.Thread(target=stop, args=(float(message[1]),), name="stop", daemon=True).start()
 
-
-if __name__ == "__main__":
-    run_forwarder(Connection(int(sys.argv[1])))
