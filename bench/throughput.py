@@ -15,8 +15,11 @@ its figures cover the parent only. Every DCMTK and Orthanc process runs
 with TCP_NODELAY=1, because DCMTK 3.6.7 leaves Nagle's algorithm on
 otherwise.
 
-    .venv/bin/python bench/throughput.py [--small 2000] [--ct 300] [--senders 1,4]
+    .venv/bin/python bench/throughput.py [--small 2000] [--ct 300] [--senders 1,4] [--repeat 3]
         [--targets storescp,capacitor,orthanc,pynetdicom] [--json results.json]
+
+Each corpus and sender count is measured in --repeat rounds, each round
+taking every target in turn; the table shows each target's median round.
 """
 
 from __future__ import annotations
@@ -253,6 +256,9 @@ def send(files: list[Path], port: int, called: str, senders: int) -> None:
 
 
 def measure(target: str, corpus: str, files: list[Path], senders: int, scratch: Path) -> Result:
+    # Earlier targets' files are flushed first, so their write-back does not
+    # slow down this target's own flushes.
+    os.sync()
     work = Path(tempfile.mkdtemp(prefix=f"{target}-", dir=scratch))
     sink = Sink(work / "sink")
     process, port, called = start_target(target, work, sink)
@@ -277,6 +283,12 @@ def measure(target: str, corpus: str, files: list[Path], senders: int, scratch: 
     megabytes = sum(f.stat().st_size for f in files) / 1e6
     shutil.rmtree(work, ignore_errors=True)
     return Result(corpus, senders, target, len(files), megabytes, seconds, cpu, peak)
+
+
+def median(results: list[Result]) -> Result:
+    """Return the result with the median rate (the lower middle one of an even count)."""
+    ordered = sorted(results, key=lambda r: r.rate)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def report(results: list[Result]) -> str:
@@ -304,7 +316,8 @@ def main() -> None:
     parser.add_argument("--senders", default="1,4", help="parallel storescu counts, comma-separated")
     parser.add_argument("--targets", default="storescp,capacitor,orthanc,pynetdicom")
     parser.add_argument("--corpora", default="small,ct")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per corpus and sender count; the median is reported")
+    parser.add_argument("--json", type=Path, help="also write every round's results as JSON")
     parser.add_argument(
         "--setting", action="append", default=[], metavar="KEY=VALUE",
         help="extra Capacitor setting (YAML value), for experiments; may repeat",
@@ -317,20 +330,27 @@ def main() -> None:
     scratch.mkdir(exist_ok=True)
     corpora = make_corpus(scratch, args.small, args.ct)
     results = []
+    every = []
     for corpus in args.corpora.split(","):
         for senders in (int(s) for s in args.senders.split(",")):
-            for target in args.targets.split(","):
-                result = measure(target, corpus, corpora[corpus], senders, scratch)
-                print(
-                    f"{corpus} x{senders} {target}: {result.rate:.0f} instances/s, {result.mb_rate:.1f} MB/s, "
-                    f"CPU {result.cpu_seconds:.1f} s, peak {result.peak_mb:.0f} MB",
-                    flush=True,
-                )
-                results.append(result)
+            trials: dict[str, list[Result]] = {target: [] for target in args.targets.split(",")}
+            # Rounds take every target in turn, so a slow spell of the machine
+            # lands on all of them rather than on one.
+            for _ in range(args.repeat):
+                for target, measured in trials.items():
+                    result = measure(target, corpus, corpora[corpus], senders, scratch)
+                    print(
+                        f"{corpus} x{senders} {target}: {result.rate:.0f} instances/s, {result.mb_rate:.1f} MB/s, "
+                        f"CPU {result.cpu_seconds:.1f} s, peak {result.peak_mb:.0f} MB",
+                        flush=True,
+                    )
+                    measured.append(result)
+            every.extend(r for measured in trials.values() for r in measured)
+            results.extend(median(measured) for measured in trials.values())
     print()
     print(report(results))
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+        args.json.write_text(json.dumps([asdict(r) for r in every], indent=2))
 
 
 if __name__ == "__main__":
