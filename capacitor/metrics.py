@@ -177,10 +177,23 @@ def count_rule_matches(kind: str, rule_names: Iterable[str]) -> None:
 _relay: Callable[[str, tuple[Any, ...]], None] | None = None
 
 
-def relay_counts(send: Callable[[str, tuple[Any, ...]], None]) -> None:
-    """Hand every count made in this process to `send` instead of the local registry."""
-    global _relay
+_flush: Callable[[], object] | None = None
+
+
+def relay_counts(send: Callable[[str, tuple[Any, ...]], None], flush: Callable[[], object]) -> None:
+    """Hand every count made in this process to `send` instead of the local registry.
+
+    `send` may hold counts back until `flush` is called.
+    """
+    global _relay, _flush
     _relay = send
+    _flush = flush
+
+
+def flush_relayed() -> None:
+    """Send the counts held back in the forwarding process now; a no-op elsewhere."""
+    if _flush is not None:
+        _flush()
 
 
 def apply_relayed(name: str, args: tuple[Any, ...]) -> None:

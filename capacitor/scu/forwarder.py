@@ -228,8 +228,9 @@ class DestinationWorker(threading.Thread):
         for delivery in batch:
             outcome = _expire_if_old(Outcome(RETRYING, None, error), delivery, threshold, state, now)
             rows.append((delivery.id, outcome.state, None, outcome.error, self.blocked_until))
-        self.spool.index.record_outcomes(rows)
         metrics.count_association_failure(node.ae_title)
+        metrics.flush_relayed()
+        self.spool.index.record_outcomes(rows)
 
     def _record(self, state: RouterState, node: Node, results: list[tuple[Delivery, Outcome, float]]) -> None:
         if not results:
@@ -251,6 +252,8 @@ class DestinationWorker(threading.Thread):
             rows.append((delivery.id, recorded.state, recorded.status, recorded.error, next_at))
             _log_outcome(delivery, node, recorded, seconds)
             metrics.count_delivery(node.ae_title, delivery, recorded, seconds)
+        # Counts go out before the outcomes are committed, so /metrics lags the spool index by moments at most.
+        metrics.flush_relayed()
         self.spool.index.record_outcomes(rows)
         self.spool.discard_delivered([d.instance_id for d, o, _ in results if o.delivered])
 

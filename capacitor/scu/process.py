@@ -11,9 +11,10 @@ mode and the object files) and one socket pair carrying pickled messages:
   heartbeat seconds)``
   first, then ``("wake", nodes)`` after instances were committed,
   ``("state", state)`` after a reload and ``("stop", seconds)``;
-* child to main: ``("count", name, args)`` for each metric the workers
-  count, which the main process adds to its registry, and ``("alive",)``
-  every few seconds.
+* child to main: ``("counts", [(name, args), ...])`` with the metrics the
+  workers counted, for the main process to add to its registry. They go
+  out with each recorded batch and otherwise every _COUNT_SECONDS.
+  ``("alive",)`` goes out when nothing else was sent for a heartbeat.
 
 The child ends at once when the socket closes, so it never outlives the
 main process, even one killed with SIGKILL; deliveries it had in flight
@@ -52,6 +53,8 @@ _STOP_GRACE = 5.0
 HEARTBEAT_SECONDS = 5.0
 # Heartbeats missed in a row after which the child is killed and replaced.
 UNRESPONSIVE_BEATS = 12
+# Seconds between sends of counts made outside a worker's recorded batch.
+_COUNT_SECONDS = 0.05
 
 
 class ForwarderProcess:
@@ -264,8 +267,9 @@ class ForwarderProcess:
                 continue
             self._last_heard = time.monotonic()
             try:
-                if message[0] == "count":
-                    metrics.apply_relayed(message[1], message[2])
+                if message[0] == "counts":
+                    for name, args in message[1]:
+                        metrics.apply_relayed(name, args)
             except Exception:  # noqa: BLE001 - as above
                 LOGGER.exception("Ignored a message from the forwarding process that could not be applied")
 
@@ -298,7 +302,23 @@ def run_forwarder(connection: Connection) -> None:
             except OSError:
                 pass  # The main process is gone; the reading loop ends this process.
 
-    metrics.relay_counts(lambda name, args: send(("count", name, args)))
+    counts: list[tuple[str, tuple[Any, ...]]] = []
+    counts_lock = threading.Lock()
+
+    def relay(name: str, args: tuple[Any, ...]) -> None:
+        with counts_lock:
+            counts.append((name, args))
+
+    def flush() -> bool:
+        """Send the counts held back; return whether there were any."""
+        with counts_lock:
+            batch = counts[:]
+            del counts[:]
+        if batch:
+            send(("counts", batch))
+        return bool(batch)
+
+    metrics.relay_counts(relay, flush)
     spool = Spool(root, durable)
     requeued = spool.index.recover()
     if requeued:
@@ -308,9 +328,16 @@ def run_forwarder(connection: Connection) -> None:
     manager.start()
 
     def beat() -> None:
+        # The workers flush their counts with each batch they record; this
+        # sends the rest (sort and mutate rule matches) and the heartbeat.
+        next_beat = time.monotonic() + heartbeat
         while True:
-            time.sleep(heartbeat)
-            send(("alive",))
+            time.sleep(_COUNT_SECONDS)
+            if flush():
+                next_beat = time.monotonic() + heartbeat
+            elif time.monotonic() >= next_beat:
+                send(("alive",))
+                next_beat = time.monotonic() + heartbeat
 
     def stop(timeout: float) -> None:
         manager.stop(timeout)
