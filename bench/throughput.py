@@ -226,6 +226,12 @@ def start_target(target: str, work: Path, sink: Sink) -> tuple[subprocess.Popen[
             "DicomModalities": {"sink": ["SINK", HOST, sink.port]},
             "LuaScripts": [str(folder / "route.lua")],
             "Plugins": [],
+            # Each SendToModality is a job. With the defaults Orthanc writes its
+            # job registry to its database after every one, and its rate falls
+            # as the run goes on (93 small instances/s over 300, 16/s over 2,000).
+            "SaveJobs": False,
+            "JobsHistorySize": 0,
+            "LogExportedResources": False,
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], env=ENV, stdout=log, stderr=subprocess.STDOUT)
