@@ -172,11 +172,9 @@ def count_rule_matches(kind: str, rule_names: Iterable[str]) -> None:
         RULE_MATCHES.labels(kind, name).inc()
 
 
-# In the forwarding process: sends each count to the main process, whose
-# registry /metrics serves.
+# Set in the forwarding process only: _relay sends each count toward the main
+# process, whose registry /metrics serves, and _flush sends those held back.
 _relay: Callable[[str, tuple[Any, ...]], None] | None = None
-
-
 _flush: Callable[[], object] | None = None
 
 
