@@ -78,6 +78,11 @@ def process_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def wait_for_end(pids: list[int], when: str) -> None:
+    """Wait up to 10 s until none of `pids` is running; `when` completes the failure message."""
+    wait_until(lambda: not any(process_running(pid) for pid in pids), 10, f"child processes {pids} ending {when}")
+
+
 def stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:
     """Stop `process` by its PID: SIGTERM, then SIGKILL if it does not exit."""
     if process.poll() is not None:
@@ -248,11 +253,7 @@ class RouterProcess:
         stop_process(self.process)
         code = self.process.returncode
         self.process = None
-        wait_until(
-            lambda: not any(process_running(pid) for pid in children),
-            10,
-            f"child processes {children} ending with the router",
-        )
+        wait_for_end(children, "with the router")
         return code
 
     def children(self) -> list[int]:
@@ -278,11 +279,7 @@ class RouterProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
             self.process = None
-            wait_until(
-                lambda: not any(process_running(pid) for pid in children),
-                10,
-                f"child processes {children} ending after the router was killed",
-            )
+            wait_for_end(children, "after the router was killed")
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -14,29 +14,37 @@ from capacitor.netutil import _read_whole, install_locked_sends, set_nodelay
 from tests.peers import HOST
 
 
-def send_in_pieces(sock: socket.socket, data: bytes, piece: int, close: bool) -> threading.Thread:
+def read_sent_in_pieces(data: bytes, piece: int, size: int, close: bool, timeout: float | None = None) -> bytearray:
+    """Send `data` over a socket pair `piece` bytes at a time; return what _read_whole reads of `size` bytes.
+
+    With `close`, the sending side closes after the last piece. `timeout`
+    is set on the reading socket.
+    """
+    reader, writer = socket.socketpair()
+    reader.settimeout(timeout)
+
     def run() -> None:
         for offset in range(0, len(data), piece):
-            sock.sendall(data[offset : offset + piece])
+            writer.sendall(data[offset : offset + piece])
             time.sleep(0.001)  # lets the reader see a partly filled buffer
         if close:
-            sock.close()
+            writer.close()
 
     thread = threading.Thread(target=run)
     thread.start()
-    return thread
-
-
-def test_whole_read_collects_pieces_in_order():
-    reader, writer = socket.socketpair()
-    data = bytes(range(256)) * 600
     try:
-        thread = send_in_pieces(writer, data, 7001, close=False)
-        received = _read_whole(SimpleNamespace(socket=reader), len(data))
+        received = _read_whole(SimpleNamespace(socket=reader), size)
         thread.join()
     finally:
         reader.close()
         writer.close()
+    return received
+
+
+def test_whole_read_collects_pieces_in_order():
+    data = bytes(range(256)) * 600
+
+    received = read_sent_in_pieces(data, 7001, len(data), close=False)
 
     assert isinstance(received, bytearray)
     assert len(received) == len(data)
@@ -44,27 +52,13 @@ def test_whole_read_collects_pieces_in_order():
 
 
 def test_whole_read_stops_at_end_of_stream():
-    reader, writer = socket.socketpair()
-    try:
-        thread = send_in_pieces(writer, b"x" * 5000, 1000, close=True)
-        received = _read_whole(SimpleNamespace(socket=reader), 8000)
-        thread.join()
-    finally:
-        reader.close()
+    received = read_sent_in_pieces(b"x" * 5000, 1000, 8000, close=True)
 
     assert bytes(received) == b"x" * 5000
 
 
 def test_socket_with_timeout_keeps_pynetdicom_reads():
-    reader, writer = socket.socketpair()
-    reader.settimeout(5)
-    try:
-        thread = send_in_pieces(writer, b"y" * 9000, 3000, close=False)
-        received = _read_whole(SimpleNamespace(socket=reader), 9000)
-        thread.join()
-    finally:
-        reader.close()
-        writer.close()
+    received = read_sent_in_pieces(b"y" * 9000, 3000, 9000, close=False, timeout=5)
 
     assert bytes(received) == b"y" * 9000
 

@@ -172,7 +172,7 @@ class ForwarderProcess:
     # main to child
 
     def notify(self, nodes: Iterable[str]) -> None:
-        """Wake the workers of `nodes`; never blocks the caller on the child."""
+        """Wake the workers of `nodes`; the send thread delivers it, so the caller does not wait for the child."""
         with self._outbox:
             self._nodes.update(nodes)
             self._outbox.notify()
