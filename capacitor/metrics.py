@@ -36,6 +36,7 @@ from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 
 from capacitor import __version__
+from capacitor.commandset import command_value
 
 if TYPE_CHECKING:
     from capacitor.scu.outcome import Outcome
@@ -134,7 +135,7 @@ def count_store_response(event: evt.Event) -> None:
     message: Any = event.message
     if not isinstance(message, C_STORE_RSP):
         return
-    status = int(getattr(message.command_set, "Status", 0xFFFF))
+    status = int(command_value(message, "Status", 0xFFFF))
     if status == 0x0000:
         calling = str(event.assoc.requestor.ae_title).strip(" ")
         RECEIVED.labels(calling).inc()

@@ -12,7 +12,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
-from capacitor import idlewait, logfilters, metrics, netutil
+from capacitor import commandset, idlewait, logfilters, metrics, netutil
 from capacitor.api import ApiServer, Health
 from capacitor.config.loader import parse_size
 from capacitor.reload import ConfigWatcher
@@ -42,6 +42,7 @@ class Router:
 
     def __init__(self, state: RouterState, loader: Callable[[], RouterState] | None = None) -> None:
         idlewait.install()
+        commandset.install()
         netutil.install_whole_reads()
         netutil.install_locked_sends()
         self._state = state

@@ -145,6 +145,11 @@ class RawPeer:
 
     def status_of_response(self) -> int | None:
         """Read P-DATA PDUs until a complete command set arrives; return its Status."""
+        command = self.response_command()
+        return None if command is None else _status(command)
+
+    def response_command(self) -> bytes | None:
+        """Read P-DATA PDUs until a complete command set arrives; return its bytes."""
         command = b""
         while True:
             reply = self.receive()
@@ -157,7 +162,7 @@ class RawPeer:
                 command += reply.body[offset + 6 : offset + 4 + length]
                 offset += 4 + length
                 if control & 0x01 and control & 0x02:
-                    return _status(command)
+                    return command
 
     def close(self) -> None:
         self.sock.close()

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from capacitor import idlewait, logs, metrics, netutil
+from capacitor import commandset, idlewait, logs, metrics, netutil
 from capacitor.spool.store import Spool
 from capacitor.state import RouterState
 
@@ -290,6 +290,7 @@ def run_forwarder(connection: Connection) -> None:
     if log:
         logs.configure(logs.LogSettings.from_settings(state.config.settings))
     idlewait.install()
+    commandset.install()
     netutil.install_whole_reads()
     netutil.install_locked_sends()
     receive.send_files_unparsed()
