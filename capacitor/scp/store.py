@@ -22,7 +22,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from capacitor import logs
 from capacitor.config.loader import parse_size
 from capacitor.config.nodes import STORAGE, Node
-from capacitor.dicomio import DatasetError, read_header, verify_complete
+from capacitor.dicomio import DatasetError, read_received
 from capacitor.errors import SpoolError
 from capacitor.netutil import set_nodelay
 from capacitor.rules.saving import save_copies
@@ -154,8 +154,7 @@ class StoreSCP:
             return failure(OUT_OF_RESOURCES, "Out of resources: router cache is full")
 
         try:
-            verify_complete(received, str(event.context.transfer_syntax))
-            header = read_header(received)
+            header = read_received(received, str(event.context.transfer_syntax))
         except DatasetError as exc:
             LOGGER.error(
                 "Rejected %s from %s (%s): dataset cannot be read: %s",

@@ -1,0 +1,114 @@
+"""read_received: the completeness check and the header read of a received file in one pass.
+
+pydicom's reading (read_header) is the reference: read_received must give
+the same dataset, and reject what verify_complete rejects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from capacitor.dicomio import DatasetError, _dataset_offset, _Walker, read_header, read_received
+from capacitor.synthetic import file_meta, make_image, write
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+SYNTAXES = ["1.2.840.10008.1.2", EXPLICIT_LE, "1.2.840.10008.1.2.2"]
+PYDICOM_FILES = [
+    "CT_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "rtplan.dcm",
+    "nested_priv_SQ.dcm",
+    "priv_SQ.dcm",
+    "JPEG2000.dcm",
+    "image_dfl.dcm",
+]
+
+
+def nested(undefined: bool) -> Dataset:
+    dataset = make_image(study="nested")
+    inner = Dataset()
+    inner.CodeValue = "1"
+    inner.CodingSchemeDesignator = "DCM"
+    item = Dataset()
+    item.ScheduledStationAETitle = "CT1"
+    item.ScheduledProtocolCodeSequence = [inner, inner]
+    dataset.ScheduledProcedureStepSequence = [item, item]
+    dataset.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence.is_undefined_length = undefined
+    dataset["ScheduledProcedureStepSequence"].is_undefined_length = undefined
+    return dataset
+
+
+def written(tmp_path: Path, syntax: str, undefined: bool) -> Path:
+    dataset = nested(undefined)
+    dataset.file_meta = file_meta(dataset, syntax)
+    return write(dataset, tmp_path / "nested.dcm")
+
+
+def assert_same(path: Path, syntax: str) -> None:
+    expected = read_header(path).dataset
+    read = read_received(path, syntax).dataset
+
+    assert list(read.keys()) == list(expected.keys())
+    assert read == expected
+
+
+@pytest.mark.parametrize("name", PYDICOM_FILES)
+def test_pydicom_files_read_as_pydicom_reads_them(name):
+    path = Path(get_testdata_file(name))
+    syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+
+    assert_same(path, syntax)
+
+
+@pytest.mark.parametrize("undefined", [False, True], ids=["defined", "undefined"])
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=["implicit", "explicit", "big-endian"])
+def test_sequences_read_as_pydicom_reads_them(tmp_path, syntax, undefined):
+    path = written(tmp_path, syntax, undefined)
+
+    assert_same(path, syntax)
+    items = read_received(path, syntax).dataset.ScheduledProcedureStepSequence
+    assert [item.ScheduledStationAETitle for item in items] == ["CT1", "CT1"]
+    assert items[1].ScheduledProtocolCodeSequence[1].CodeValue == "1"
+
+
+@pytest.mark.parametrize("undefined", [False, True], ids=["defined", "undefined"])
+def test_explicit_sequences_take_one_pass(tmp_path, undefined):
+    path = written(tmp_path, EXPLICIT_LE, undefined)
+    with path.open("rb") as handle:
+        handle.seek(_dataset_offset(handle))
+        walker = _Walker(handle, path.stat().st_size, implicit=False, little=True)
+
+        elements = walker.top_level()
+
+    assert elements is not None
+    assert 0x00400100 in elements
+    assert 0x7FE00010 not in elements
+
+
+@pytest.mark.parametrize("cut", [1, 100, 5000])
+def test_truncated_dataset_is_rejected(tmp_path, cut):
+    path = written(tmp_path, EXPLICIT_LE, undefined=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - cut])
+
+    with pytest.raises(DatasetError, match="truncated|ends inside"):
+        read_received(path, EXPLICIT_LE)
+
+
+def test_pixel_data_and_later_elements_are_left_out(tmp_path):
+    dataset = make_image(study="trailing")
+    dataset.add_new(0xFFFCFFFC, "OB", b"\x00" * 8)
+    dataset.file_meta = file_meta(dataset, EXPLICIT_LE)
+    path = write(dataset, tmp_path / "trailing.dcm")
+
+    read = read_received(path, EXPLICIT_LE).dataset
+
+    assert "PixelData" not in read
+    assert 0xFFFCFFFC not in read
+    assert read.SOPInstanceUID == dataset.SOPInstanceUID
