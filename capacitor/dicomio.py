@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement
@@ -59,6 +60,8 @@ def read_header(path: Path) -> Header:
     messages = list(dict.fromkeys(str(w.message) for w in caught))
     return Header(dataset, messages)
 
+
+_Walked = TypeVar("_Walked")
 
 # VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
@@ -137,13 +140,7 @@ class _Walker:
             tag, vr, length = self.element()
             if tag == _ITEM_END:
                 return
-            if length != _UNDEFINED:
-                self.skip(length)
-                continue
-            if vr is None or vr in (b"SQ", b"UN"):
-                self.items(depth + 1, encapsulated=False)
-            else:
-                self.items(depth + 1, encapsulated=True)
+            self.value(vr, length, depth + 1)
         if end is not None and self.handle.tell() != end:
             raise DatasetError("an item's elements do not end at the item length")
 
@@ -165,7 +162,10 @@ class _Walker:
             tag = BaseTag(group << 16 | number)
             collecting = collecting and tag not in _PIXEL_TAGS
             if not collecting:
-                self._walk_value(vr, length)
+                # A stray item delimiter ends the walk, as it does in ``dataset``.
+                if (group, number) == _ITEM_END:
+                    break
+                self.value(vr, length, 1)
                 continue
             if group in (0x0002, 0xFFFE) or (vr is not None and vr not in _KNOWN_VRS):
                 return None
@@ -188,13 +188,14 @@ class _Walker:
             )
         return elements
 
-    def _walk_value(self, vr: bytes | None, length: int) -> None:
+    def value(self, vr: bytes | None, length: int, depth: int) -> None:
+        """Walk past the value of an element whose header was just read."""
         if length != _UNDEFINED:
             self.skip(length)
         elif vr is None or vr in (b"SQ", b"UN"):
-            self.items(1, encapsulated=False)
+            self.items(depth, encapsulated=False)
         else:
-            self.items(1, encapsulated=True)
+            self.items(depth, encapsulated=True)
 
     def items(self, depth: int, encapsulated: bool) -> None:
         """Walk the items of an undefined-length sequence up to its delimiter."""
@@ -231,13 +232,18 @@ def verify_complete(path: Path, transfer_syntax: str) -> None:
     syntax = UID(transfer_syntax)
     if syntax.is_deflated:
         return
+    _walk_file(path, syntax, lambda walker: walker.dataset(None, 0))
+
+
+def _walk_file(path: Path, syntax: UID, walk: Callable[[_Walker], _Walked]) -> _Walked:
+    """Return what `walk` gives for a walker placed at the start of the dataset in `path`."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         offset = _dataset_offset(handle)
         handle.seek(offset)
         walker = _Walker(handle, size, syntax.is_implicit_VR, syntax.is_little_endian)
         try:
-            walker.dataset(None, 0)
+            return walk(walker)
         except struct.error as exc:
             raise DatasetError(f"unreadable element header: {exc}") from exc
 
@@ -246,7 +252,8 @@ def read_received(path: Path, transfer_syntax: str) -> Header:
     """Check that the dataset in `path` is whole and read it up to its pixel data, in one pass.
 
     Gives what ``verify_complete`` followed by ``read_header`` gives, at
-    about a third of the cost, for the datasets a Store SCP receives. A
+    about half the cost (149 against 317 us for a 3 KB instance, measured
+    with timeit), for the datasets a Store SCP receives. A
     deflated dataset, or one ``_Walker.top_level`` leaves to pydicom, is
     read by those two.
 
@@ -258,15 +265,7 @@ def read_received(path: Path, transfer_syntax: str) -> Header:
     syntax = UID(transfer_syntax)
     if syntax.is_deflated:
         return read_header(path)
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        offset = _dataset_offset(handle)
-        handle.seek(offset)
-        walker = _Walker(handle, size, syntax.is_implicit_VR, syntax.is_little_endian)
-        try:
-            elements = walker.top_level()
-        except struct.error as exc:
-            raise DatasetError(f"unreadable element header: {exc}") from exc
+    elements = _walk_file(path, syntax, _Walker.top_level)
     if elements is None:
         verify_complete(path, transfer_syntax)
         return read_header(path)

@@ -16,7 +16,13 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_messages import (
+    C_ECHO_RQ,
+    C_ECHO_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    DIMSEMessage,
+)
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 
@@ -122,7 +128,7 @@ def test_decoding_gives_pynetdicoms_values(case):
     assert fields == expected
 
 
-def test_padded_values_are_read_as_pynetdicom_reads_them():
+def test_padded_values_match_pynetdicom():
     raw = store_command(element(0x1030, b" MOVER  "), element(0x1031, struct.pack("<H", 4)))
 
     fields = commandset.decode_command(raw)
@@ -199,7 +205,7 @@ def test_file_meta_is_what_pydicom_writes(syntax):
     assert commandset.file_meta(CT_IMAGE_STORAGE, sop_instance, syntax) == expected.getvalue()
 
 
-def test_command_set_dataset_is_built_when_first_read():
+def test_command_set_built_on_first_read():
     raw = pynetdicom_encoding(store_response(Status=0xA700, ErrorComment="full"), C_STORE_RSP)
     message = C_STORE_RSP.__new__(C_STORE_RSP)
     fields = commandset.decode_command(raw)
@@ -224,7 +230,7 @@ def association(port: int) -> rawpeer.RawPeer:
     return peer
 
 
-def test_unusual_request_command_sets_are_still_stored(router, sinks):
+def test_unusual_requests_are_still_stored(router, sinks):
     """Requests outside the plain case go through pynetdicom's decoding and are stored as before."""
     archive = sinks("ARCHIVE")
     capacitor = router({"nodes": [archive.node()]})

@@ -1,4 +1,4 @@
-"""read_received: the completeness check and the header read of a received file in one pass.
+"""The completeness check of received files, alone (verify_complete) and with the header read (read_received).
 
 pydicom's reading (read_header) is the reference: read_received must give
 the same dataset, and reject what verify_complete rejects.
@@ -13,7 +13,14 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from capacitor.dicomio import DatasetError, _dataset_offset, _Walker, read_header, read_received
+from capacitor.dicomio import (
+    DatasetError,
+    _dataset_offset,
+    _Walker,
+    read_header,
+    read_received,
+    verify_complete,
+)
 from capacitor.synthetic import file_meta, make_image, write
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -58,8 +65,25 @@ def assert_same(path: Path, syntax: str) -> None:
     assert read == expected
 
 
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=["implicit", "explicit", "big-endian"])
+def test_whole_nested_dataset_passes(tmp_path, syntax):
+    path = written(tmp_path, syntax, undefined=True)
+
+    verify_complete(path, syntax)
+
+
+@pytest.mark.parametrize("cut", [1, 100, 5000])
+def test_truncated_dataset_is_named(tmp_path, cut):
+    path = written(tmp_path, EXPLICIT_LE, undefined=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - cut])
+
+    with pytest.raises(DatasetError, match="truncated|ends inside"):
+        verify_complete(path, EXPLICIT_LE)
+
+
 @pytest.mark.parametrize("name", PYDICOM_FILES)
-def test_pydicom_files_read_as_pydicom_reads_them(name):
+def test_pydicom_files_match_dcmread(name):
     path = Path(get_testdata_file(name))
     syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
 
@@ -68,7 +92,7 @@ def test_pydicom_files_read_as_pydicom_reads_them(name):
 
 @pytest.mark.parametrize("undefined", [False, True], ids=["defined", "undefined"])
 @pytest.mark.parametrize("syntax", SYNTAXES, ids=["implicit", "explicit", "big-endian"])
-def test_sequences_read_as_pydicom_reads_them(tmp_path, syntax, undefined):
+def test_sequences_match_dcmread(tmp_path, syntax, undefined):
     path = written(tmp_path, syntax, undefined)
 
     assert_same(path, syntax)
@@ -92,7 +116,7 @@ def test_explicit_sequences_take_one_pass(tmp_path, undefined):
 
 
 @pytest.mark.parametrize("cut", [1, 100, 5000])
-def test_truncated_dataset_is_rejected(tmp_path, cut):
+def test_truncated_dataset_is_rejected_once_read(tmp_path, cut):
     path = written(tmp_path, EXPLICIT_LE, undefined=True)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - cut])
@@ -101,7 +125,7 @@ def test_truncated_dataset_is_rejected(tmp_path, cut):
         read_received(path, EXPLICIT_LE)
 
 
-def test_pixel_data_and_later_elements_are_left_out(tmp_path):
+def test_pixel_data_is_left_out(tmp_path):
     dataset = make_image(study="trailing")
     dataset.add_new(0xFFFCFFFC, "OB", b"\x00" * 8)
     dataset.file_meta = file_meta(dataset, EXPLICIT_LE)
