@@ -114,8 +114,12 @@ def make_corpus(folder: Path, small: int, ct: int) -> dict[str, list[Path]]:
 
 def descendants(pid: int) -> list[int]:
     """Return the live descendants of `pid`, from /proc/<pid>/task/<tid>/children."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found  # ended while being read, like storescp's forked children
+    for task in tasks:
         try:
             children = (task / "children").read_text().split()
         except OSError:
