@@ -33,8 +33,35 @@ class Header:
     warnings: list[str]
 
     def text(self, keyword: str) -> str:
+        """Return the value of `keyword` as text, "" when absent or empty."""
+        tag = _SINGLE_UIDS.get(keyword)
+        if tag is not None:
+            quick = _raw_uid(self.dataset.get_item(tag))
+            if quick is not None:
+                return quick
         value = self.dataset.get(keyword, "")
         return "" if value is None else str(value)
+
+
+# UI attributes whose raw single value Header.text reads without pydicom's
+# conversion, which checks each UID against a regular expression.
+_SINGLE_UIDS = {
+    "SOPInstanceUID": BaseTag(0x00080018),
+    "StudyInstanceUID": BaseTag(0x0020000D),
+    "SeriesInstanceUID": BaseTag(0x0020000E),
+}
+
+
+def _raw_uid(element: DataElement | RawDataElement | None) -> str | None:
+    """Return a raw UI element's single value as pydicom would give it; None to let pydicom decode it."""
+    if not isinstance(element, RawDataElement) or element.VR not in (None, "UI"):
+        return None
+    raw = element.value
+    if raw is None:
+        return ""
+    if not isinstance(raw, bytes) or b"\\" in raw:
+        return None
+    return raw.decode("latin-1").rstrip("\0 ")
 
 
 def read_header(path: Path) -> Header:

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from capacitor.dicomio import (
     DatasetError,
     _dataset_offset,
+    _raw_uid,
     _Walker,
     read_header,
     read_received,
@@ -136,3 +137,48 @@ def test_pixel_data_is_left_out(tmp_path):
     assert "PixelData" not in read
     assert 0xFFFCFFFC not in read
     assert read.SOPInstanceUID == dataset.SOPInstanceUID
+
+
+UID_KEYWORDS = ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+
+
+@pytest.mark.parametrize("name", PYDICOM_FILES)
+def test_text_of_uids_matches_pydicom(name):
+    header = read_header(Path(get_testdata_file(name)))
+    for keyword in UID_KEYWORDS:
+        expected = header.dataset.get(keyword)
+        assert header.text(keyword) == ("" if expected is None else str(expected))
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (b"1.2.3\x00", "1.2.3"),
+        (b"1.2.3 ", "1.2.3"),
+        (b"1.2.34", "1.2.34"),
+        (b"", ""),
+        (b"1.2\\3.4", "['1.2', '3.4']"),
+        (b"1.2.3\xe9", "1.2.3\xe9"),
+    ],
+)
+@pytest.mark.parametrize("syntax", SYNTAXES)
+def test_text_of_raw_uid_values(tmp_path, syntax, raw, expected):
+    dataset = make_image(study="text")
+    dataset.file_meta = file_meta(dataset, syntax)
+    dataset.add_new(0x0020000E, "UI", "1.2")
+    dataset["SeriesInstanceUID"].value = raw.decode("latin-1")
+    path = write(dataset, tmp_path / "text.dcm")
+    header = read_received(path, syntax)
+    quick = _raw_uid(header.dataset.get_item(0x0020000E))
+    assert quick == (None if "\\" in raw.decode("latin-1") else expected)
+    # The quick path and pydicom's own conversion must agree.
+    assert header.text("SeriesInstanceUID") == expected
+    assert header.text("SeriesInstanceUID") == str(read_header(path).dataset.SeriesInstanceUID)
+
+
+def test_text_of_absent_uid_is_empty(tmp_path):
+    dataset = make_image(study="absent")
+    del dataset.SeriesInstanceUID
+    dataset.file_meta = file_meta(dataset, EXPLICIT_LE)
+    path = write(dataset, tmp_path / "absent.dcm")
+    assert read_received(path, EXPLICIT_LE).text("SeriesInstanceUID") == ""
