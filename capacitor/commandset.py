@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
@@ -45,6 +46,8 @@ from pynetdicom.dimse_messages import (
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import P_DATA
+
+from capacitor import netutil
 
 # Group 0000 elements these command sets may contain: element number -> (keyword, VR).
 _ELEMENTS: dict[int, tuple[str, str]] = {
@@ -264,13 +267,29 @@ def _open_data_set_file(message: DIMSEMessage, assoc: Any, context_id: int, sop_
     handle.write(b"\x00" * 128 + b"DICM" + file_meta(sop_class, sop_instance, transfer_syntax))
 
 
+# Private attributes in which pynetdicom's primitives keep the UIDs that their setters check.
+_UID_ATTRIBUTES = {
+    "AffectedSOPClassUID": "_affected_sop_class_uid",
+    "AffectedSOPInstanceUID": "_affected_sop_instance_uid",
+}
+# A UID that pydicom calls valid: no component with a leading zero (PS3.5 9.1).
+_CONFORMANT_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+
+
 def _message_to_primitive(self: DIMSEMessage) -> Any:
     fields = self.__dict__.get("_capacitor_fields")
     if fields is None:
         return _pynetdicom_message_to_primitive(self)
     primitive = _MESSAGES[fields["CommandField"]][1]()
     for keyword, value in fields.items():
-        if keyword not in _DERIVED and hasattr(primitive, keyword):
+        if keyword in _DERIVED or not hasattr(primitive, keyword):
+            continue
+        private = _UID_ATTRIBUTES.get(keyword)
+        if private is not None and _CONFORMANT_UID.fullmatch(value):
+            # What pynetdicom's setter stores for a conformant UID, without its
+            # checks: the decoder admitted only digits and dots, 64 at most.
+            setattr(primitive, private, UID(value))
+        else:
             setattr(primitive, keyword, value)
     if isinstance(self, C_STORE_RQ):
         primitive.DataSet = self.data_set
@@ -355,6 +374,62 @@ def _file_fragments(context_id: int, path: Path, offset: int, limit: int) -> Ite
                 return
 
 
+# Most data set bytes read from a file for one write of P-DATA PDUs.
+_WRITE_BYTES = 1 << 20
+
+
+def _pdata_buffers(context_id: int, flag: int, data: bytes | memoryview, limit: int, final: bool = True) -> list[bytes | memoryview]:
+    """Return `data` as encoded P-DATA-TF PDUs, header and fragment buffers in turn.
+
+    The fragments are those of _fragments; when `final` is False, the last
+    one is not marked as the last of the message.
+    """
+    size = len(data)
+    buffers: list[bytes | memoryview] = []
+    start = 0
+    while True:
+        end = size if limit <= 0 else min(size, start + limit)
+        last = end >= size
+        control = flag | (2 if last and final else 0)
+        buffers += (netutil.pdata_header(context_id, control, end - start), data[start:end])
+        if last:
+            return buffers
+        start = end
+
+
+def _write_message(
+    assoc: Any, raw_socket: Any, context_id: int, command: bytes, data: Path | tuple[str, int] | BytesIO | None, limit: int
+) -> None:
+    """Write a message's P-DATA PDUs to the socket: the command set, then the data set from memory or a file.
+
+    A file is read _WRITE_BYTES at a time (at least one fragment), so an
+    instance of any size costs that much memory. Each read goes out in one
+    write together with the PDUs before it.
+    """
+    buffers = _pdata_buffers(context_id, 0x01, command, limit)
+    if isinstance(data, BytesIO):
+        buffers += _pdata_buffers(context_id, 0x00, data.getbuffer(), limit)
+    elif data is not None:
+        file_path, offset = data if isinstance(data, tuple) else (data, 0)
+        step = _WRITE_BYTES if limit <= 0 else max(limit, _WRITE_BYTES // limit * limit)
+        with Path(file_path).open("rb") as handle:
+            size = handle.seek(0, 2) - offset
+            handle.seek(offset)
+            step = size if limit <= 0 else step
+            sent = 0
+            while True:
+                chunk = handle.read(min(step, size - sent))
+                sent += len(chunk)
+                last = sent >= size or not chunk
+                buffers += _pdata_buffers(context_id, 0x00, chunk, limit, final=last)
+                if last:
+                    break
+                if not netutil.write_pdata(assoc, raw_socket, buffers):
+                    return
+                buffers = []
+    netutil.write_pdata(assoc, raw_socket, buffers)
+
+
 def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
     cls = _SENT.get((type(primitive), primitive.MessageIDBeingRespondedTo is not None))
     if cls is None:
@@ -381,6 +456,10 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
     evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": message})
 
     limit = int(self.maximum_pdu_size) - 6 if self.maximum_pdu_size else 0
+    raw_socket = netutil.quiet_pdata_socket(self.assoc)
+    if raw_socket is not None:
+        _write_message(self.assoc, raw_socket, context_id, raw, path if path is not None else data_set, limit)
+        return
     for pdata in _fragments(context_id, 0x01, raw, limit):
         self.dul.send_pdu(pdata)
     if path is not None:

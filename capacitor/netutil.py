@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, evt
+from pynetdicom._handlers import standard_pdu_sent_handler
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
@@ -91,6 +93,60 @@ def send_data_directly(assoc: Any) -> None:
 
     dul.send_pdu = send_pdu
     dul._capacitor_direct = True  # noqa: SLF001
+
+
+# P-DATA-TF PDU with one PDV item: PDU type, reserved, PDU length, item
+# length, presentation context ID, message control header (PS3.8 9.3.5).
+_PDATA_HEADER = struct.Struct(">BBIIBB")
+# Most buffers handed to one sendmsg call (Linux IOV_MAX is 1024).
+_MAX_BUFFERS = 512
+
+
+def pdata_header(context_id: int, control: int, size: int) -> bytes:
+    """Return the 12 bytes that precede a `size`-byte fragment in a P-DATA-TF PDU."""
+    return _PDATA_HEADER.pack(0x04, 0x00, size + 6, size + 2, context_id, control)
+
+
+def quiet_pdata_socket(assoc: Any) -> socket.socket | None:
+    """Return the socket that P-DATA of `assoc` may be written to as bytes by the calling thread, or None.
+
+    That is the case where send_data_directly applies and no handler but
+    pynetdicom's own logging one (which logs nothing for P-DATA) is bound
+    to EVT_PDU_SENT.
+    """
+    dul = assoc.dul
+    if not getattr(dul, "_capacitor_direct", False) or not _can_write_directly(dul):
+        return None
+    if any(entry[0] is not standard_pdu_sent_handler for entry in assoc.get_handlers(evt.EVT_PDU_SENT)):
+        return None
+    return cast(socket.socket, dul.socket.socket)
+
+
+def write_pdata(assoc: Any, raw: socket.socket, buffers: list[bytes | memoryview]) -> bool:
+    """Write encoded P-DATA-TF PDUs to `raw`, the socket quiet_pdata_socket returned.
+
+    The buffers go out with as few system calls as the kernel allows,
+    under the socket's send lock, so no other PDU comes between them.
+    Returns False when the connection failed; the association then ends as
+    it does after any failed send.
+    """
+    assoc_socket = assoc.dul.socket
+    views = [memoryview(buffer) for buffer in buffers]
+    first = 0
+    with _send_lock(assoc_socket):
+        try:
+            while first < len(views):
+                sent = raw.sendmsg(views[first : first + _MAX_BUFFERS])
+                while first < len(views) and sent >= views[first].nbytes:
+                    sent -= views[first].nbytes
+                    first += 1
+                if sent:
+                    views[first] = views[first][sent:]
+        except OSError:
+            assoc_socket.event_queue.put("Evt17")  # Transport connection closed, as pynetdicom reports it.
+            return False
+    evt.trigger(assoc, evt.EVT_DATA_SENT, {"data": b"".join(buffers)})
+    return True
 
 
 _read_in_pieces = AssociationSocket.recv

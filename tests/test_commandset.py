@@ -7,8 +7,13 @@ the values pynetdicom reads, and anything else must be left to pynetdicom.
 
 from __future__ import annotations
 
+import socket
 import struct
+import subprocess
+import sys
+import threading
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -25,10 +30,13 @@ from pynetdicom.dimse_messages import (
 )
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
+from pynetdicom.pdu import P_DATA_TF
 
 from capacitor import commandset
-from capacitor.synthetic import CT_IMAGE_STORAGE, make_image
+from capacitor.dicomio import _dataset_offset
+from capacitor.synthetic import CT_IMAGE_STORAGE, make_image, write
 from tests import rawpeer
+from tests.peers import HOST
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -217,6 +225,169 @@ def test_command_set_built_on_first_read():
     built = commandset._command_set(message)  # noqa: SLF001
     assert isinstance(built, Dataset)
     assert built == decode(BytesIO(raw), True, True)
+
+
+
+def primitive_from(raw: bytes) -> Any:
+    message = C_STORE_RQ.__new__(C_STORE_RQ)
+    fields = commandset.decode_command(raw)
+    assert fields is not None
+    commandset._use_raw(message, raw, fields)  # noqa: SLF001
+    message.context_id = 1
+    message.data_set = BytesIO()
+    message._data_set_path = None  # noqa: SLF001
+    message._data_set_file = None  # noqa: SLF001
+    return commandset._message_to_primitive(message)  # noqa: SLF001
+
+
+def test_request_primitive_has_pynetdicoms_uids():
+    raw = store_command(uid=b"1.2.826.0.1.3680043.2.1125.1.45\x00")
+
+    primitive = primitive_from(raw)
+
+    assert type(primitive.AffectedSOPInstanceUID) is pydicom.uid.UID
+    assert primitive.AffectedSOPInstanceUID == "1.2.826.0.1.3680043.2.1125.1.45"
+    assert type(primitive.AffectedSOPClassUID) is pydicom.uid.UID
+    assert primitive.AffectedSOPClassUID == CT_IMAGE_STORAGE
+    assert primitive.MessageID == 1
+
+
+def test_nonconformant_uid_is_still_reported(caplog):
+    raw = store_command(uid=b"1.02.3\x00")
+
+    with caplog.at_level("WARNING", logger="pynetdicom"):
+        primitive = primitive_from(raw)
+
+    assert primitive.AffectedSOPInstanceUID == "1.02.3"
+    assert "Non-conformant 'Affected SOP Instance UID' value '1.02.3'" in caplog.text
+
+
+
+@pytest.mark.parametrize("limit", [0, 10, 16378])
+@pytest.mark.parametrize("size", [0, 1, 9, 10, 11, 35, 16378, 40000])
+@pytest.mark.parametrize("flag", [0x00, 0x01])
+def test_pdata_bytes_are_pynetdicoms(flag, size, limit):
+    data = bytes(range(256)) * (size // 256 + 1)
+    data = data[:size]
+
+    written = b"".join(commandset._pdata_buffers(5, flag, data, limit))  # noqa: SLF001
+
+    expected = b"".join(P_DATA_TF(p).encode() for p in commandset._fragments(5, flag, data, limit))  # noqa: SLF001
+    assert written == expected
+
+
+def test_unfinished_pdata_leaves_last_flag_off():
+    buffers = commandset._pdata_buffers(3, 0x00, b"abcdef", 4, final=False)  # noqa: SLF001
+
+    assert bytes(buffers[0]) == rawpeer.p_data(3, 0x00, b"abcd")[:12]
+    assert bytes(buffers[2]) == rawpeer.p_data(3, 0x00, b"ef")[:12]
+
+
+class CapturingStoreSCP:
+    """Accepts one association, keeps the bytes of every P-DATA PDU of one C-STORE and returns success."""
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.pdus: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _read_pdu(self, connection: socket.socket) -> bytes:
+        header = self._exactly(connection, 6)
+        return header + self._exactly(connection, struct.unpack(">I", header[2:])[0])
+
+    @staticmethod
+    def _exactly(connection: socket.socket, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            piece = connection.recv(count - len(data))
+            if not piece:
+                raise EOFError("the sender closed the connection")
+            data += piece
+        return data
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection:
+            connection.settimeout(20)
+            connection.sendall(rawpeer.associate_ac(self._read_pdu(connection), self.max_length))
+            command = b""
+            while True:
+                pdu = self._read_pdu(connection)
+                self.pdus.append(pdu)
+                control = pdu[11]
+                if control & 0x01:
+                    command += pdu[12:]
+                elif control & 0x02:
+                    break
+            request = decode(BytesIO(command), True, True)
+            response = Dataset()
+            response.AffectedSOPClassUID = request.AffectedSOPClassUID
+            response.CommandField = 0x8001
+            response.MessageIDBeingRespondedTo = request.MessageID
+            response.CommandDataSetType = 0x0101
+            response.Status = 0x0000
+            response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+            connection.sendall(rawpeer.p_data(pdu[10], 0x03, rawpeer.command_set(response)))
+            self._read_pdu(connection)  # A-RELEASE-RQ
+            connection.sendall(struct.pack(">BBI", 0x06, 0, 4) + b"\x00" * 4)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(timeout=10)
+
+
+SEND_SCRIPT = """
+import sys
+from pynetdicom import AE, evt
+from capacitor import commandset, netutil
+from capacitor.scp import receive
+
+commandset.install()
+netutil.install_locked_sends()
+receive.send_files_unparsed()
+writes = []
+original = netutil.write_pdata
+netutil.write_pdata = lambda *args: writes.append(1) or original(*args)
+path, sop_class, syntax, port = sys.argv[1:]
+ae = AE(ae_title="SENDER")
+ae.add_requested_context(sop_class, [syntax])
+assoc = ae.associate("127.0.0.1", int(port), ae_title="CAPTURE", evt_handlers=[(evt.EVT_CONN_OPEN, netutil.set_nodelay)])
+status = assoc.send_c_store(path)
+assoc.release()
+print(f"{status.Status:04x} {len(writes)}")
+"""
+
+
+@pytest.mark.parametrize("max_length", [16384, 4096])
+def test_file_pdata_is_pynetdicoms(tmp_path, max_length):
+    dataset = make_image(study="wire", rows=1024, columns=1024)
+    path = write(dataset, tmp_path / "wire.dcm")
+    server = CapturingStoreSCP(max_length)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", SEND_SCRIPT, str(path), CT_IMAGE_STORAGE, str(dataset.file_meta.TransferSyntaxUID), str(server.port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    status, writes = result.stdout.split()
+    assert status == "0000"
+    # A 2 MB data set is read and written a megabyte at a time.
+    assert int(writes) == 3
+
+    data_pdus = [pdu for pdu in server.pdus if not pdu[11] & 0x01]
+    with path.open("rb") as handle:
+        offset = _dataset_offset(handle)
+    context_id = server.pdus[0][10]
+    expected = [P_DATA_TF(p).encode() for p in commandset._file_fragments(context_id, path, offset, max_length - 6)]  # noqa: SLF001
+    assert data_pdus == expected
 
 
 # Over loopback, against a router process
