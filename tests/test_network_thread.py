@@ -6,14 +6,17 @@ thread runs each handler, while real DCMTK and pynetdicom peers send to it.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
 
@@ -113,3 +116,46 @@ def test_find_handler_keeps_association_thread(scp):
 
     assert statuses == [0x0000]
     assert scp.threads["find"] == ["association"]
+
+
+class NetworkThread(threading.Thread):
+    """A thread in the place of pynetdicom's network thread, with its event queue."""
+
+    def __init__(self, serve: Any) -> None:
+        super().__init__()
+        self.event_queue: queue.Queue[str] = queue.Queue()
+        self.messages = receive._ServingQueue(SimpleNamespace(dul=self, _serve_request=serve))  # noqa: SLF001
+
+    def run(self) -> None:
+        self.messages.put((1, echo_request()))
+
+
+def echo_request() -> C_ECHO:
+    request = C_ECHO()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = VERIFICATION
+    return request
+
+
+def test_failed_serving_aborts_association(caplog):
+    def serve(primitive: Any, context_id: int) -> None:
+        raise RuntimeError("service class broke")
+
+    thread = NetworkThread(serve)
+    thread.start()
+    thread.join(10)
+
+    assert thread.event_queue.get_nowait() == "Evt19"
+    assert thread.messages.empty()
+    assert "Serving a C_ECHO request failed; aborting the association" in caplog.text
+    assert "service class broke" in caplog.text
+
+
+def test_request_from_other_thread_is_queued():
+    served: list[Any] = []
+    thread = NetworkThread(lambda primitive, context_id: served.append(primitive))
+
+    thread.messages.put((1, echo_request()))
+
+    assert served == []
+    assert thread.messages.qsize() == 1
