@@ -78,19 +78,14 @@ class _Waker:
 
 
 def _notify_on_put(target: Any, notify: Any) -> None:
-    """Make ``target.put`` call `notify` after each put that leaves an item queued, hooking each queue only once.
-
-    A put that leaves the queue empty needs no wake-up: its item was taken
-    already, or was handled without being queued.
-    """
+    """Make ``target.put`` call `notify` after each put, hooking each queue only once."""
     if getattr(target, "_capacitor_notifies", None) == notify:
         return
     put = type(target).put
 
     def notifying_put(item: Any, block: bool = True, timeout: float | None = None) -> None:
         put(target, item, block, timeout)
-        if target.qsize():
-            notify()
+        notify()
 
     target.put = notifying_put
     target._capacitor_notifies = notify  # noqa: SLF001

@@ -7,22 +7,16 @@ never held whole in memory. pynetdicom creates that file with
 spool's incoming folder instead, so that it lies on the spool's file system
 and accepting it is a rename. pynetdicom leaves the file behind when an association aborts
 mid-transfer, so the abort and close handlers delete it.
-
-C-STORE and C-ECHO requests are served by the association's network
-thread as soon as they are decoded (``serve_on_network_thread``).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import tempfile
-import threading
 from pathlib import Path
 from typing import IO, Any
 
 from pynetdicom import _config, dimse_messages, evt
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 
 LOGGER = logging.getLogger(__name__)
 
@@ -136,49 +130,6 @@ def discard_partial(event: evt.Event) -> None:
     path.unlink(missing_ok=True)
     message._data_set_file = None  # noqa: SLF001
     LOGGER.info("Removed partial instance %s left by an interrupted association", path.name)
-
-
-class _ServingQueue(queue.Queue):  # type: ignore[type-arg]
-    """The queue of decoded DIMSE messages of one Store SCP association.
-
-    pynetdicom's network thread decodes each message and puts it here, and
-    the association thread takes it and runs the service and its handler.
-    A C-STORE or C-ECHO request that the network thread puts is served by
-    the network thread at once instead, which spares a hand-over between
-    threads for each instance. Those services send their response and wait
-    for nothing from the peer. Other messages go to the association thread
-    as before, because C-GET and C-MOVE send requests of their own and wait
-    for replies that the network thread must read.
-    """
-
-    def __init__(self, assoc: Any) -> None:
-        super().__init__()
-        self._assoc = assoc
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        context_id, primitive = item
-        assoc = self._assoc
-        dul: Any = assoc.dul
-        if (
-            isinstance(primitive, (C_STORE, C_ECHO))
-            and primitive.is_valid_request
-            and threading.current_thread() is dul
-        ):
-            try:
-                assoc._serve_request(primitive, context_id)  # noqa: SLF001
-            except Exception:  # noqa: BLE001 - the network thread must survive to end the association
-                LOGGER.exception("Serving a %s request failed; aborting the association", type(primitive).__name__)
-                # Event 19 (an invalid PDU) makes pynetdicom send an A-ABORT.
-                self._assoc.dul.event_queue.put("Evt19")
-            return
-        super().put(item, block, timeout)
-
-
-def serve_on_network_thread(event: evt.Event) -> None:
-    """Make the association's network thread run its C-STORE and C-ECHO handlers (see _ServingQueue)."""
-    dimse = event.assoc.dimse
-    if not isinstance(dimse.msg_queue, _ServingQueue) and dimse.msg_queue.empty():
-        dimse.msg_queue = _ServingQueue(event.assoc)
 
 
 def handlers() -> list[tuple[evt.EventType, Any]]:
