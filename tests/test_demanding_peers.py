@@ -1,0 +1,235 @@
+"""Misbehaving and demanding peers of the Store SCP: wrong contexts, requests written ahead, slow stores, TLS, small PDUs.
+
+Raw-PDU peers and DCMTK tools connect to a router process over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy
+import pydicom
+
+from capacitor.synthetic import CT_IMAGE_STORAGE, make_image, write
+from tests import rawpeer
+from tests.peers import DCMTK_ENV, HOST, storescu, wait_until
+from tests.test_security import certificates, tls_settings  # noqa: F401 - certificates is a fixture
+
+A_ABORT = 0x07
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def verification_association(port: int) -> rawpeer.RawPeer:
+    peer = rawpeer.RawPeer(port, timeout=10)
+    peer.send(rawpeer.associate_rq(b"CAPACITOR", b"PROBE", [(1, rawpeer.VERIFICATION, [rawpeer.IMPLICIT_LE])]))
+    reply = peer.receive()
+    assert reply is not None
+    assert reply.pdu_type == 0x02
+    return peer
+
+
+def bad_context_echoes(port: int, count: int) -> list[int | None]:
+    """Send a C-ECHO on context ID 3, which was never proposed, on each of `count` associations.
+
+    Returns the type of the first PDU received on each, or None when the connection closed without one.
+    """
+    replies = []
+    for _ in range(count):
+        peer = verification_association(port)
+        try:
+            peer.send(rawpeer.p_data(3, 0x03, rawpeer.echo_rq()))
+            reply = peer.receive()
+        finally:
+            peer.close()
+        replies.append(None if reply is None else reply.pdu_type)
+    return replies
+
+
+def echo_status(port: int) -> int | None:
+    peer = verification_association(port)
+    try:
+        peer.send(rawpeer.p_data(1, 0x03, rawpeer.echo_rq()))
+        return peer.status_of_response()
+    finally:
+        peer.close()
+
+
+def test_unaccepted_context_gets_abort(router):
+    """pynetdicom responds to a request on a presentation context it never accepted with an A-ABORT PDU."""
+    capacitor = router({"nodes": []})
+
+    assert bad_context_echoes(capacitor.port, 2) == [A_ABORT, A_ABORT]
+    assert echo_status(capacitor.port) == 0x0000
+
+
+def test_unaccepted_context_leaves_no_thread(router):
+    """End the threads of each association aborted for a request on an unaccepted context."""
+    capacitor = router({"nodes": []})
+    pid = capacitor.process.pid
+    assert echo_status(capacitor.port) == 0x0000
+    time.sleep(0.5)
+    baseline = thread_count(pid)
+
+    bad_context_echoes(capacitor.port, 5)
+
+    wait_until(lambda: thread_count(pid) <= baseline, 10, f"the router back to {baseline} threads; it has {thread_count(pid)}")
+    assert echo_status(capacitor.port) == 0x0000
+
+
+def store_association(port: int) -> rawpeer.RawPeer:
+    peer = rawpeer.RawPeer(port, timeout=20)
+    contexts = [(1, CT_IMAGE_STORAGE, [rawpeer.IMPLICIT_LE]), (3, rawpeer.VERIFICATION, [rawpeer.IMPLICIT_LE])]
+    peer.send(rawpeer.associate_rq(b"CAPACITOR", b"MOD", contexts))
+    reply = peer.receive()
+    assert reply is not None
+    assert reply.pdu_type == 0x02
+    return peer
+
+
+def instance_count(capacitor) -> int:
+    with sqlite3.connect(capacitor.cache / "spool.db", timeout=30) as db:
+        return int(db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+
+def test_peer_writing_ahead_not_deadlocked(router):
+    """Respond to every C-ECHO of a peer that writes many requests before it reads any response.
+
+    Such a peer ignores the asynchronous operations window of 1. When the
+    association thread wrote responses, the network thread kept reading, so
+    the peer's writes completed. A network thread blocked in writing a
+    response reads nothing, so both sides wait for each other.
+    """
+    capacitor = router({"nodes": []})
+    count = 200_000
+    requests = [rawpeer.p_data(1, 0x03, rawpeer.echo_rq(number)) for number in range(1, 1001)]
+    stream = b"".join(requests[index % 1000] for index in range(count))
+    peer = verification_association(capacitor.port)
+    peer.sock.settimeout(90)
+    sent = threading.Event()
+    errors: list[OSError] = []
+
+    def send() -> None:
+        try:
+            peer.send(stream)
+        except OSError as error:
+            errors.append(error)
+        sent.set()
+
+    writer = threading.Thread(target=send, daemon=True)
+    writer.start()
+    try:
+        assert sent.wait(60), "the peer's requests were not all read by the router within 60 s"
+        assert errors == []
+        peer.sock.settimeout(20)
+        answered = 0
+        while answered < count and peer.status_of_response() == 0x0000:
+            answered += 1
+        assert answered == count
+    finally:
+        peer.close()
+
+
+def random_instances(folder: Path, sizes: list[tuple[int, int]]) -> list[Path]:
+    generator = numpy.random.default_rng(20261205)
+    paths = []
+    for number, (rows, columns) in enumerate(sizes, start=1):
+        dataset = make_image(study="forwarded-bytes", number=number, rows=rows, columns=columns)
+        dataset.PixelData = generator.integers(0, 65535, rows * columns, dtype=numpy.uint16).tobytes()
+        paths.append(write(dataset, folder / f"{number}.dcm"))
+    return paths
+
+
+def same_dataset(received: Path, sent: Path) -> bool:
+    got, expected = pydicom.dcmread(received), pydicom.dcmread(sent)
+    return got.PixelData == expected.PixelData and all(
+        got[tag].value == expected[tag].value for tag in expected.keys() if tag != 0x7FE00010
+    )
+
+
+def test_forwarding_small_pdus_byte_correct(router, sinks, tmp_path):
+    """Forward instances of several sizes unchanged to a sink with 4096-byte PDUs, from a sender with the same size."""
+    sink = sinks("ARCHIVE", extra=("--max-pdu", "4096"))
+    capacitor = router({"nodes": [sink.node()]})
+    files = random_instances(tmp_path / "send", [(3, 5), (1000, 1001), (2048, 2048), (4000, 3001)])
+
+    result = storescu(capacitor.port, files, called="ARCHIVE", extra=("--max-pdu", "4096"))
+
+    assert result.returncode == 0, result.stderr
+    received = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID): path for path in sink.wait_for(len(files), 60)}
+    for path in files:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert same_dataset(received[uid], path), path.name
+
+
+def test_parallel_senders_with_echoes(router, sinks, make_files):
+    """Acknowledge and forward every instance of twelve parallel senders that each store, echo and store again."""
+    sink = sinks("ARCHIVE")
+    capacitor = router({"nodes": [sink.node()]})
+    batches = [make_files(8, study=f"parallel-{number}") for number in range(12)]
+
+    def send(files: list[Path]) -> tuple[int, int | None, int]:
+        first = storescu(capacitor.port, files[:4], called="ARCHIVE").returncode
+        echo = subprocess.run(["echoscu", "-aec", "ARCHIVE", HOST, str(capacitor.port)], capture_output=True, env=DCMTK_ENV, timeout=60)
+        second = storescu(capacitor.port, files[4:], called="ARCHIVE").returncode
+        return first, echo.returncode, second
+
+    with ThreadPoolExecutor(len(batches)) as pool:
+        outcomes = list(pool.map(send, batches))
+
+    assert outcomes == [(0, 0, 0)] * len(batches)
+    assert len(sink.wait_for(8 * len(batches), 60)) == 8 * len(batches)
+
+
+def test_tls_stores_and_echo(router, sinks, make_files, certificates):
+    """Respond to every store and echo over TLS, where responses go through pynetdicom's send queue."""
+    sink = sinks("ARCHIVE")
+    capacitor = router({"nodes": [sink.node()], "tls": tls_settings(certificates)})
+    client = ("+tls", str(certificates / "client.key"), str(certificates / "client.pem"), "+cf", str(certificates / "ca.pem"))
+
+    stored = storescu(capacitor.port, make_files(30, study="over-tls"), called="ARCHIVE", extra=client)
+    echo = subprocess.run(["echoscu", *client, "-aec", "ARCHIVE", HOST, str(capacitor.port)], capture_output=True, text=True, env=DCMTK_ENV, timeout=60)
+
+    assert stored.returncode == 0, stored.stderr
+    assert echo.returncode == 0, echo.stderr
+    assert len(sink.wait_for(30, 60)) == 30
+
+
+def test_slow_store_gets_response(router):
+    """Send the response of a C-STORE whose indexing takes longer than networkTimeoutSeconds.
+
+    Another connection locks the index for 2.5 s, so the handler waits in its
+    commit. pynetdicom's association thread checks the network timeout. When
+    the handler ran on that thread, the check came after the response was
+    queued. With the handler on the network thread, the association thread
+    aborts the association while the handler runs, so the instance is stored
+    but the sender gets no response.
+    """
+    capacitor = router({"nodes": [], "networkTimeoutSeconds": 1})
+    assert storescu(capacitor.port, [write(make_image(study="warm-up"), capacitor.root / "warm-up.dcm")]).returncode == 0
+    dataset = make_image(study="slow-index")
+    index = sqlite3.connect(capacitor.cache / "spool.db", timeout=30, isolation_level=None)
+    peer = store_association(capacitor.port)
+    try:
+        index.execute("BEGIN IMMEDIATE")
+        try:
+            peer.send(rawpeer.p_data(1, 0x03, rawpeer.store_rq(CT_IMAGE_STORAGE, str(dataset.SOPInstanceUID), 1)))
+            peer.send(rawpeer.p_data(1, 0x02, rawpeer.encode_implicit(dataset)))
+            time.sleep(2.5)
+        finally:
+            index.execute("COMMIT")
+        status = peer.status_of_response()
+    finally:
+        peer.close()
+        index.close()
+
+    assert instance_count(capacitor) == 2
+    assert status == 0x0000
