@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import subprocess
 import threading
 import time
@@ -93,6 +94,46 @@ def store_association(port: int) -> rawpeer.RawPeer:
     assert reply is not None
     assert reply.pdu_type == 0x02
     return peer
+
+
+def message_id_responded(command: bytes) -> int | None:
+    offset = 0
+    while offset + 8 <= len(command):
+        group, element, length = struct.unpack("<HHI", command[offset : offset + 8])
+        if (group, element) == (0x0000, 0x0120):
+            return int(struct.unpack("<H", command[offset + 8 : offset + 10])[0])
+        offset += 8 + length
+    return None
+
+
+def test_pipelined_requests_served_before_release(router):
+    """Respond to each request once and in order when stores, echoes and the release arrive without waiting for responses."""
+    capacitor = router({"nodes": []})
+    datasets = [make_image(study="pipelined", number=number) for number in range(1, 6)]
+    stream = b""
+    for index, dataset in enumerate(datasets):
+        encoded = rawpeer.encode_implicit(dataset)
+        half = len(encoded) // 2
+        stream += rawpeer.p_data(1, 0x03, rawpeer.store_rq(CT_IMAGE_STORAGE, str(dataset.SOPInstanceUID), 2 * index + 1))
+        stream += rawpeer.p_data(1, 0x00, encoded[:half]) + rawpeer.p_data(1, 0x02, encoded[half:])
+        stream += rawpeer.p_data(3, 0x03, rawpeer.echo_rq(2 * index + 2))
+    peer = store_association(capacitor.port)
+    try:
+        peer.send(stream + rawpeer.RELEASE_RQ)
+        answered = []
+        for _ in range(2 * len(datasets)):
+            command = peer.response_command()
+            assert command is not None, f"the association ended after {len(answered)} response(s)"
+            answered.append((message_id_responded(command), rawpeer._status(command)))  # noqa: SLF001
+        release = peer.receive()
+    finally:
+        peer.close()
+
+    assert answered == [(number, 0x0000) for number in range(1, 11)]
+    assert release is not None
+    assert release.pdu_type == 0x06
+    assert sorted(os.listdir(capacitor.cache / "incoming")) == []
+    assert instance_count(capacitor) == len(datasets)
 
 
 def instance_count(capacitor) -> int:

@@ -132,5 +132,24 @@ def discard_partial(event: evt.Event) -> None:
     LOGGER.info("Removed partial instance %s left by an interrupted association", path.name)
 
 
+def serve_before_release(event: evt.Event) -> None:
+    """Make the association respond to every request that arrived before an A-RELEASE-RQ, then release.
+
+    pynetdicom's association thread serves one queued request per loop and
+    then looks for a release request, and once released it drops the
+    requests still queued. A peer that sends several C-STOREs and the
+    release without waiting for responses would get a response only for
+    the first, and the files of the others would stay in incoming/ until
+    the next start. Here the release waits until the queue is empty.
+    """
+    assoc = event.assoc
+    release_requested = assoc.acse.is_release_requested
+
+    def is_release_requested() -> bool:
+        return bool(assoc.dimse.msg_queue.empty() and release_requested())
+
+    assoc.acse.is_release_requested = is_release_requested  # type: ignore[method-assign]
+
+
 def handlers() -> list[tuple[evt.EventType, Any]]:
     return [(evt.EVT_ABORTED, discard_partial), (evt.EVT_CONN_CLOSE, discard_partial)]

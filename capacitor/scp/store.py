@@ -95,6 +95,7 @@ class StoreSCP:
         config = self.state().config
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, receive.serve_before_release),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             *self.negotiator.handlers(),
