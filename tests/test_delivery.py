@@ -308,7 +308,8 @@ class TestSyntaxes:
         assert 0x00120064 not in anonymized[0]
         assert anonymized[0].DeidentificationMethod == "FAKE ANON 1.0"
         assert "(0012,0064) (LO, dictionary SQ)" in capacitor.log_text()
-        assert states_of(capacitor, "WS_I") == {"delivered": 4}
+        # The index records a batch's outcomes after its last response arrives.
+        wait_until(lambda: states_of(capacitor, "WS_I") == {"delivered": 4}, 10, "4 recorded delivered")
 
 
 class TestNodeFields:
