@@ -339,39 +339,54 @@ def encode_command(primitive: Any, cls: type[DIMSEMessage], data_set_type: int) 
     return _HEADER.pack(0, 0x0000, 4) + _UL.pack(len(body)) + body, fields
 
 
-def _fragments(context_id: int, flag: int, data: bytes | memoryview, limit: int) -> Iterator[P_DATA]:
-    """Yield `data` as P-DATA primitives of at most `limit` value bytes; `flag` marks the kind."""
-    size = len(data)
+def _fragment_bounds(size: int, limit: int) -> Iterator[tuple[int, int, bool]]:
+    """Yield the start, end and whether it is the last of each fragment of a `size`-byte value.
+
+    Fragments have at most `limit` bytes; a `limit` of 0 or less makes one
+    fragment. An empty value is one empty fragment.
+    """
     start = 0
     while True:
         end = size if limit <= 0 else min(size, start + limit)
         last = end >= size
-        primitive = P_DATA()
-        primitive.presentation_data_value_list.append(
-            (context_id, bytes((flag | (2 if last else 0),)) + data[start:end])
-        )
-        yield primitive
+        yield start, end, last
         if last:
             return
         start = end
 
 
-def _file_fragments(context_id: int, path: Path, offset: int, limit: int) -> Iterator[P_DATA]:
-    """Yield the data set stored in `path` from `offset`, read one fragment at a time."""
+def _file_chunks(path: Path, offset: int, step: int) -> Iterator[tuple[bytes, bool]]:
+    """Yield the file at `path` from `offset` in reads of `step` bytes (0: one read), each with whether it is the last."""
     with path.open("rb") as handle:
         size = handle.seek(0, 2) - offset
         handle.seek(offset)
-        step = size if limit <= 0 else limit
+        step = size if step <= 0 else step
         sent = 0
         while True:
             chunk = handle.read(min(step, size - sent))
             sent += len(chunk)
             last = sent >= size or not chunk
-            primitive = P_DATA()
-            primitive.presentation_data_value_list.append((context_id, (b"\x02" if last else b"\x00") + chunk))
-            yield primitive
+            yield chunk, last
             if last:
                 return
+
+
+def _fragments(context_id: int, flag: int, data: bytes | memoryview, limit: int) -> Iterator[P_DATA]:
+    """Yield `data` as P-DATA primitives of at most `limit` value bytes; `flag` marks the kind."""
+    for start, end, last in _fragment_bounds(len(data), limit):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.append(
+            (context_id, bytes((flag | (2 if last else 0),)) + data[start:end])
+        )
+        yield primitive
+
+
+def _file_fragments(context_id: int, path: Path, offset: int, limit: int) -> Iterator[P_DATA]:
+    """Yield the data set stored in `path` from `offset`, read one fragment at a time."""
+    for chunk, last in _file_chunks(path, offset, limit):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.append((context_id, (b"\x02" if last else b"\x00") + chunk))
+        yield primitive
 
 
 # Most data set bytes read from a file for one write of P-DATA PDUs.
@@ -384,17 +399,11 @@ def _pdata_buffers(context_id: int, flag: int, data: bytes | memoryview, limit: 
     The fragments are those of _fragments; when `final` is False, the last
     one is not marked as the last of the message.
     """
-    size = len(data)
     buffers: list[bytes | memoryview] = []
-    start = 0
-    while True:
-        end = size if limit <= 0 else min(size, start + limit)
-        last = end >= size
+    for start, end, last in _fragment_bounds(len(data), limit):
         control = flag | (2 if last and final else 0)
         buffers += (netutil.pdata_header(context_id, control, end - start), data[start:end])
-        if last:
-            return buffers
-        start = end
+    return buffers
 
 
 def _write_message(
@@ -411,19 +420,11 @@ def _write_message(
         buffers += _pdata_buffers(context_id, 0x00, data.getbuffer(), limit)
     elif data is not None:
         file_path, offset = data if isinstance(data, tuple) else (data, 0)
-        step = _WRITE_BYTES if limit <= 0 else max(limit, _WRITE_BYTES // limit * limit)
-        with Path(file_path).open("rb") as handle:
-            size = handle.seek(0, 2) - offset
-            handle.seek(offset)
-            step = size if limit <= 0 else step
-            sent = 0
-            while True:
-                chunk = handle.read(min(step, size - sent))
-                sent += len(chunk)
-                last = sent >= size or not chunk
-                buffers += _pdata_buffers(context_id, 0x00, chunk, limit, final=last)
-                if last:
-                    break
+        # Whole fragments per read; with no PDU limit the file is one fragment, read at once.
+        step = 0 if limit <= 0 else max(limit, _WRITE_BYTES // limit * limit)
+        for chunk, last in _file_chunks(Path(file_path), offset, step):
+            buffers += _pdata_buffers(context_id, 0x00, chunk, limit, final=last)
+            if not last:
                 if not netutil.write_pdata(assoc, raw_socket, buffers):
                     return
                 buffers = []
