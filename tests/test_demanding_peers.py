@@ -65,7 +65,7 @@ def echo_status(port: int) -> int | None:
 
 
 def test_unaccepted_context_gets_abort(router):
-    """pynetdicom responds to a request on a presentation context it never accepted with an A-ABORT PDU."""
+    """Abort an association that sends a request on a presentation context never accepted."""
     capacitor = router({"nodes": []})
 
     assert bad_context_echoes(capacitor.port, 2) == [A_ABORT, A_ABORT]
@@ -144,10 +144,10 @@ def instance_count(capacitor) -> int:
 def test_peer_writing_ahead_not_deadlocked(router):
     """Respond to every C-ECHO of a peer that writes many requests before it reads any response.
 
-    Such a peer ignores the asynchronous operations window of 1. When the
-    association thread wrote responses, the network thread kept reading, so
-    the peer's writes completed. A network thread blocked in writing a
-    response reads nothing, so both sides wait for each other.
+    Such a peer ignores the asynchronous operations window of 1. The
+    router's network thread must keep reading while another thread writes
+    the responses. If it wrote them itself, both sides would wait for each
+    other once the socket buffers fill.
     """
     capacitor = router({"nodes": []})
     count = 200_000
@@ -248,11 +248,10 @@ def test_slow_store_gets_response(router):
     """Send the response of a C-STORE whose indexing takes longer than networkTimeoutSeconds.
 
     Another connection locks the index for 2.5 s, so the handler waits in its
-    commit. pynetdicom's association thread checks the network timeout. When
-    the handler ran on that thread, the check came after the response was
-    queued. With the handler on the network thread, the association thread
-    aborts the association while the handler runs, so the instance is stored
-    but the sender gets no response.
+    commit. pynetdicom's association thread checks the network timeout, so
+    the handler must run on that thread: the check then comes after the
+    response is queued, instead of aborting the association while the
+    handler still runs.
     """
     capacitor = router({"nodes": [], "networkTimeoutSeconds": 1})
     assert storescu(capacitor.port, [write(make_image(study="warm-up"), capacitor.root / "warm-up.dcm")]).returncode == 0
