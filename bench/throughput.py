@@ -7,6 +7,11 @@ Sends two corpora with DCMTK storescu (1 and 4 parallel senders) to:
 * ``orthanc``: Orthanc (Debian package) auto-routing each stored instance to
   the same sink with a Lua script
 * ``pynetdicom``: bench/baseline_forwarder.py forwarding to the same sink
+* ``relay-bound``: no forwarder. storescu sends each instance both to a
+  storescp receiver and to the sink, so the machine does the network and
+  file work of a forwarder that stores each instance (one receive, one
+  send), in DCMTK's code and without flushes. A forwarder that stores
+  instances on disk cannot be faster here.
 
 End-to-end time runs from the first storescu start until the sink holds
 every instance. CPU seconds and peak memory (VmHWM) are those of the
@@ -16,7 +21,7 @@ with TCP_NODELAY=1, because DCMTK 3.6.7 leaves Nagle's algorithm on
 otherwise.
 
     .venv/bin/python bench/throughput.py [--small 2000] [--ct 300] [--senders 1,4] [--repeat 3]
-        [--targets storescp,capacitor,orthanc,pynetdicom] [--json results.json]
+        [--targets storescp,relay-bound,capacitor,orthanc,pynetdicom] [--json results.json]
 
 Each corpus and sender count is measured in --repeat rounds, each round
 taking every target in turn; the table shows each target's median round.
@@ -185,7 +190,7 @@ def start_target(target: str, work: Path, sink: Sink) -> tuple[subprocess.Popen[
     """Start the receiver under test; return its process, port and AE title to call."""
     port = free_port()
     log = (work / f"{target}.log").open("wb")
-    if target == "storescp":
+    if target in ("storescp", "relay-bound"):
         folder = work / "direct"
         folder.mkdir()
         command = ["storescp", "--fork", "-aet", "DIRECT", "-od", str(folder), "+uf", str(port)]
@@ -243,10 +248,11 @@ def start_target(target: str, work: Path, sink: Sink) -> tuple[subprocess.Popen[
     raise ValueError(f"unknown target {target}")
 
 
-def send(files: list[Path], port: int, called: str, senders: int) -> None:
+def send(files: list[Path], receivers: list[tuple[int, str]], senders: int) -> None:
+    """Send every file to each receiver (port, called AE title), on `senders` storescu processes per receiver."""
     failures = []
 
-    def run(part: list[Path]) -> None:
+    def run(port: int, called: str, part: list[Path]) -> None:
         result = subprocess.run(
             ["storescu", "-aec", called, "-aet", "BENCH", HOST, str(port), *map(str, part)],
             env=ENV,
@@ -256,7 +262,11 @@ def send(files: list[Path], port: int, called: str, senders: int) -> None:
         if result.returncode != 0:
             failures.append(result.stderr[-500:])
 
-    threads = [threading.Thread(target=run, args=(files[i::senders],)) for i in range(senders)]
+    threads = [
+        threading.Thread(target=run, args=(port, called, files[i::senders]))
+        for port, called in receivers
+        for i in range(senders)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -275,10 +285,15 @@ def measure(target: str, corpus: str, files: list[Path], senders: int, scratch: 
     try:
         wait_port(port)
         started = time.monotonic()
-        send(files, port, called, senders)
-        if target == "storescp":
+        receivers = [(port, called)]
+        if target == "relay-bound":
+            receivers.append((sink.port, "SINK"))
+        send(files, receivers, senders)
+        if target in ("storescp", "relay-bound"):
             folder = work / "direct"
-            while sum(1 for _ in os.scandir(folder)) < len(files):
+            while sum(1 for _ in os.scandir(folder)) < len(files) or (
+                target == "relay-bound" and sink.count() < len(files)
+            ):
                 time.sleep(0.01)
         else:
             while sink.count() < len(files):
@@ -324,7 +339,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2000, help="instances in the small corpus")
     parser.add_argument("--ct", type=int, default=300, help="instances in the CT corpus")
     parser.add_argument("--senders", default="1,4", help="parallel storescu counts, comma-separated")
-    parser.add_argument("--targets", default="storescp,capacitor,orthanc,pynetdicom")
+    parser.add_argument("--targets", default="storescp,relay-bound,capacitor,orthanc,pynetdicom")
     parser.add_argument("--corpora", default="small,ct")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per corpus and sender count; the median is reported")
     parser.add_argument("--json", type=Path, help="also write every round's results as JSON")
