@@ -59,6 +59,47 @@ def test_range_matching_is_inclusive_with_open_ends(keys, expected):
     assert matches(CANDIDATE, dataset(**keys)) is expected
 
 
+# 12:00 at UTC-05:00 is 17:00 UTC.
+ACQUIRED_AT_NOON_EST = dataset(AcquisitionDateTime="20250301120000-0500")
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("20250301120000-0500", True),
+        ("20250301170000+0000", True),
+        ("20250301180000+0100", True),
+        ("20250301120000+0000", False),
+        ("20250301110000-0500-20250301130000-0500", True),
+        ("20250301130000-0500-20250301140000-0500", False),
+        ("20250301160000+0000-20250301170000+0000", True),
+        ("20250301171500+0000-", False),
+        ("-20250301113000-0600", True),
+        ("-20250301105900-0600", False),
+        ("20250301-0500-20250302-0500", True),
+        ("2025-2026", True),
+        ("2026-", False),
+        ("-202502-0500", False),
+        ("-202503-0500", True),
+    ],
+)
+def test_date_time_offsets_and_ranges(key, expected):
+    assert matches(ACQUIRED_AT_NOON_EST, dataset(AcquisitionDateTime=key)) is expected
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("20250301120000", True),
+        ("20250301110000-20250301113000", False),
+        ("20250301110000+0000-20250301113000+0000", False),
+    ],
+)
+def test_date_time_without_offset_compares_as_written(key, expected):
+    candidate = dataset(AcquisitionDateTime="20250301120000")
+    assert matches(candidate, dataset(AcquisitionDateTime=key)) is expected
+
+
 @pytest.mark.parametrize(
     ("keys", "expected"),
     [

@@ -20,8 +20,10 @@ the key is universal.
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -31,6 +33,9 @@ from pydicom.tag import BaseTag
 from capacitor.services.identifiers import QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET
 
 RANGE_VRS = {"DA", "TM", "DT"}
+# A DT value (PS3.5 6.2): a date and time cut after any component, and an
+# optional offset from UTC, whose hours run from -12 to +14.
+_DATE_TIME = re.compile(r"([0-9]{4}(?:[0-9]{2}){0,5}(?:\.[0-9]{1,6})?)([+-](?:0[0-9]|1[0-4])[0-5][0-9])?")
 # Keys that select the query, not the candidates.
 _NOT_MATCHED = {SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL}
 
@@ -94,10 +99,11 @@ def _universal(key: DataElement) -> bool:
 def _value_matches(vr: str, pattern: str, wanted: list[str], value: str) -> bool:
     if vr == "UI":
         return value in wanted
-    if vr in RANGE_VRS and "-" in pattern:
-        return _in_range(vr, pattern, value)
     if vr in RANGE_VRS:
-        return _normal(vr, value, low=True) == _normal(vr, pattern, low=True)
+        bounds = _range_bounds(vr, pattern)
+        if bounds is not None:
+            return _in_range(vr, bounds, value)
+        return _instant(vr, value, pattern, low=True) == _instant(vr, pattern, value, low=True)
     if vr == "PN":
         return _person_name_matches(pattern, value)
     return _text_matches(pattern, value)
@@ -125,12 +131,36 @@ def _person_name_matches(pattern: str, value: str) -> bool:
     return True
 
 
-def _in_range(vr: str, pattern: str, value: str) -> bool:
-    low, _, high = pattern.partition("-")
-    candidate = _normal(vr, value, low=True)
-    if low and candidate < _normal(vr, low, low=True):
+def _range_bounds(vr: str, pattern: str) -> tuple[str, str] | None:
+    """Return the lower and upper bound of a range key, or None for a single value.
+
+    A DT value may end in a negative offset from UTC. A DT key that is one
+    whole value with an offset (``20250301120000-0500``) is a single value.
+    In other DT keys the range hyphen is the first one with a DT value or
+    nothing on each side. A key such as ``1000-1100`` is thus the year 1000
+    at an offset of -11:00, not a range of years.
+    """
+    if "-" not in pattern:
+        return None
+    if vr != "DT":
+        low, _, high = pattern.partition("-")
+        return low, high
+    if _DATE_TIME.fullmatch(pattern):
+        return None
+    for index, character in enumerate(pattern):
+        if character != "-":
+            continue
+        low, high = pattern[:index], pattern[index + 1 :]
+        if all(not bound or _DATE_TIME.fullmatch(bound) for bound in (low, high)):
+            return low, high
+    return None
+
+
+def _in_range(vr: str, bounds: tuple[str, str], value: str) -> bool:
+    low, high = bounds
+    if low and _instant(vr, value, low, low=True) < _instant(vr, low, value, low=True):
         return False
-    return not high or candidate <= _normal(vr, high, low=False)
+    return not high or _instant(vr, value, high, low=True) <= _instant(vr, high, value, low=False)
 
 
 # (lower bound, upper bound) padding that widens a partial TM or DT value.
@@ -140,24 +170,58 @@ _PADDING = {
 }
 
 
-def _normal(vr: str, text: str, low: bool) -> str:
+def _instant(vr: str, text: str, other: str, low: bool) -> str:
     """Return `text` padded to full precision so that text order is time order.
 
     A partial time or date time is widened to the start of the period it
     names for a lower bound and to its end for an upper bound, so that the
-    upper bound ``12`` includes 12:59:59.
+    upper bound ``12`` includes 12:59:59. DT values are compared in UTC
+    when both `text` and `other`, the value it is compared with, give an
+    offset from UTC, and as written otherwise.
 
-    NOTE: a DT offset from UTC is dropped, not applied, and a DT range
-    whose first bound has a negative offset is split at the wrong hyphen.
+    NOTE: a DT value without an offset is in its creator's local time
+    (PS3.5 6.2), or at the offset of Timezone Offset From UTC (0008,0201).
+    Neither is known here, so such a value is compared as written.
     """
     text = text.strip().replace(":", "")
     if vr == "DA":
         return text
-    if vr == "DT":
-        text = re.sub(r"[+-][0-9]{4}$", "", text)
     floor, ceiling = _PADDING[vr]
     pad = floor if low else ceiling
-    return text + pad[len(text) :]
+    if vr != "DT":
+        return text + pad[len(text) :]
+    found = _DATE_TIME.fullmatch(text)
+    if found is None:
+        return text + pad[len(text) :]
+    moment, offset = found.groups()
+    padded = moment + pad[len(moment) :]
+    other_found = _DATE_TIME.fullmatch(other.strip().replace(":", ""))
+    if offset is None or other_found is None or other_found.group(2) is None:
+        return padded
+    return _utc(padded, offset)
+
+
+def _utc(padded: str, offset: str) -> str:
+    """Return a full-precision DT value at `offset` (``-0500``) as the same instant in UTC.
+
+    A day past the end of its month, as the padding of an upper bound such
+    as ``202502`` gives, is read as the month's last day.
+    """
+    sign = -1 if offset[0] == "-" else 1
+    shift = sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+    try:
+        year, month = int(padded[:4]), int(padded[4:6])
+        day = min(int(padded[6:8]), calendar.monthrange(year, month)[1])
+        local = datetime(
+            year, month, day, int(padded[8:10]), int(padded[10:12]), int(padded[12:14]), int(padded[15:21])
+        )
+        moment = local - shift
+    except (ValueError, OverflowError):
+        return padded  # not a valid date and time, or at the ends of years 1 and 9999
+    return (
+        f"{moment.year:04d}{moment.month:02d}{moment.day:02d}"
+        f"{moment.hour:02d}{moment.minute:02d}{moment.second:02d}.{moment.microsecond:06d}"
+    )
 
 
 def _wildcard(pattern: str) -> re.Pattern[str]:
