@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import struct
@@ -180,6 +181,34 @@ def _read_whole(self: AssociationSocket, nr_bytes: int) -> bytearray:
         if count == 0:
             break  # The peer closed the connection, so return what arrived, as pynetdicom does.
     return buffer
+
+
+def _polled_ready(self: AssociationSocket) -> bool:
+    """Return whether the association's socket has bytes to read, without waiting.
+
+    pynetdicom 3.0 calls select(), which raises for descriptors of 1024 and
+    above. pynetdicom takes that error for a closed connection, so once a
+    busy router has that many files and sockets open, each new association
+    would end at its first read. poll() has no such limit.
+    """
+    raw = self.socket
+    if raw is None or self._is_connected is False:
+        return False
+    if isinstance(raw, ssl.SSLSocket) and raw.pending():
+        return True  # Decrypted bytes are waiting, which poll() cannot see.
+    poller = select.poll()
+    try:
+        poller.register(raw, select.POLLIN)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        self.event_queue.put("Evt17")  # Transport connection closed, as pynetdicom reports it.
+        return False
+    return bool(events)
+
+
+def install_polled_readiness() -> None:
+    """Make pynetdicom check its sockets for data with poll() instead of select(); safe to call twice."""
+    AssociationSocket.ready = property(_polled_ready)  # type: ignore[method-assign,assignment]
 
 
 def install_whole_reads() -> None:

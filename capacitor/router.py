@@ -44,6 +44,7 @@ class Router:
         idlewait.install()
         commandset.install()
         netutil.install_whole_reads()
+        netutil.install_polled_readiness()
         netutil.install_locked_sends()
         self._state = state
         self._state_lock = threading.Lock()

@@ -207,6 +207,8 @@ class RouterProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "router.log"
         self.env: dict[str, str] = {}
+        # The command up to ``run``; a test may start the router through a wrapper.
+        self.launcher: list[str] = [sys.executable, "-m", "capacitor"]
 
     @property
     def port(self) -> int:
@@ -228,7 +230,7 @@ class RouterProcess:
         env.pop("CAPACITOR_DATA", None)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "capacitor", "run", "--data", str(self.data)],
+                [*self.launcher, "run", "--data", str(self.data)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

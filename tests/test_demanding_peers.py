@@ -6,9 +6,11 @@ Raw-PDU peers and DCMTK tools connect to a router process over loopback.
 from __future__ import annotations
 
 import os
+import resource
 import sqlite3
 import struct
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy
 import pydicom
+import pytest
 
 from capacitor.synthetic import CT_IMAGE_STORAGE, make_image, write
 from tests import rawpeer
@@ -23,10 +26,32 @@ from tests.peers import DCMTK_ENV, HOST, storescu, wait_until
 from tests.test_security import certificates, tls_settings  # noqa: F401 - certificates is a fixture
 
 A_ABORT = 0x07
+# Starts the router as `python -m capacitor` does, with 1,100 descriptors
+# already open, so that every socket it opens is numbered above 1024.
+HOLD_DESCRIPTORS_THEN_RUN = """
+import os, resource, runpy
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+descriptors = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+runpy.run_module("capacitor", run_name="__main__", alter_sys=True)
+"""
 
 
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def socket_descriptors(pid: int) -> list[int]:
+    """Return the descriptor numbers of the sockets that process `pid` has open."""
+    found = []
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(entry)
+        except FileNotFoundError:
+            continue  # closed while the folder was read
+        if target.startswith("socket:"):
+            found.append(int(entry.name))
+    return found
 
 
 def verification_association(port: int) -> rawpeer.RawPeer:
@@ -273,3 +298,22 @@ def test_slow_store_gets_response(router):
 
     assert instance_count(capacitor) == 2
     assert status == 0x0000
+
+
+@pytest.mark.skipif(resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 2048, reason="needs a hard limit of 2,048 open files")
+def test_sockets_above_descriptor_1024(router, sinks, make_files):
+    """Serve associations on sockets numbered above 1024, which select() cannot watch."""
+    sink = sinks("ARCHIVE")
+    capacitor = router({"nodes": [sink.node()]}, start=False)
+    capacitor.launcher = [sys.executable, "-c", HOLD_DESCRIPTORS_THEN_RUN]
+    capacitor.start()
+    assert capacitor.process is not None
+    sockets = socket_descriptors(capacitor.process.pid)
+
+    stored = storescu(capacitor.port, make_files(3, study="high-descriptors"), called="ARCHIVE")
+    echo = subprocess.run(["echoscu", "-aec", "ARCHIVE", HOST, str(capacitor.port)], capture_output=True, text=True, env=DCMTK_ENV, timeout=60)
+
+    assert min(sockets) > 1024
+    assert stored.returncode == 0, stored.stderr
+    assert echo.returncode == 0, echo.stderr
+    assert len(sink.wait_for(3, 60)) == 3

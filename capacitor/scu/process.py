@@ -301,6 +301,7 @@ def run_forwarder(connection: Connection) -> None:
     idlewait.install()
     commandset.install()
     netutil.install_whole_reads()
+    netutil.install_polled_readiness()
     netutil.install_locked_sends()
     receive.send_files_unparsed()
     send_lock = threading.Lock()
