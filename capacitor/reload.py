@@ -40,9 +40,8 @@ LOGGER = logging.getLogger(__name__)
 # Settings that a running router cannot change: the spool is open at its
 # path with its flush mode, and the watcher runs or not from the start.
 RESTART_ONLY = ("cachePath", "syncWrites", "reloadOnChange")
-# Settings the Store SCP reads when it starts listening; a change restarts it.
-# NOTE: findScpPort, storageCommitScpPort and queryRetrieveScpPort have no
-# listener in Router yet. A listener added for them needs the same restart.
+# Settings every listener reads when it starts listening; a change restarts
+# the Store SCP and the service listeners.
 LISTENER_SETTINGS = (
     "bindAddress",
     "scpPort",
@@ -149,6 +148,7 @@ def apply_state(router: Router, new: RouterState) -> None:
         logs.configure(logs.LogSettings.from_settings(new.config.settings))
     if set(changed) & set(LISTENER_SETTINGS):
         router.restart_store_scp()
+    router.services.restart(set(changed), set(LISTENER_SETTINGS) - {"scpPort"})
     if set(changed) & set(API_SETTINGS):
         router.restart_api()
     LOGGER.info("Configuration reloaded: %s", describe_changes(old, new, changed))

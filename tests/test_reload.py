@@ -192,6 +192,60 @@ def test_port_change_restarts_listener_alone(router, sinks, make_files):
     assert capacitor.process is not None and capacitor.process.poll() is None
 
 
+# Nodes that the service listeners accept associations for; nothing listens on their ports.
+SERVICE_NODES = [
+    {"AeTitle": "RIS", "HostName": HOST, "Port": 9, "NodeRole": "Worklist"},
+    {"AeTitle": "PACS", "HostName": HOST, "Port": 9, "NodeRole": "QueryRetrieve"},
+]
+
+
+def echo_ok(port: int, called: str) -> bool:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(HOST, port, ae_title=called)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0x0000
+
+
+def test_service_ports_follow_reload(router, sinks):
+    sink = sinks("ARCHIVE")
+    worklist_port, moved_port, query_port = free_port(), free_port(), free_port()
+    capacitor = router(
+        {"nodes": [sink.node(), *SERVICE_NODES], "findScpPort": worklist_port, "storageCommitScpPort": free_port()}
+    )
+    commitment_port = capacitor.config["storageCommitScpPort"]
+
+    capacitor.config["findScpPort"] = moved_port
+    capacitor.config["queryRetrieveScpPort"] = query_port
+    capacitor.config["storageCommitScpPort"] = 0
+    capacitor.write_config()
+    capacitor.wait_for_log(f"Query/Retrieve SCP listening on {HOST}:{query_port}")
+    capacitor.wait_for_log(f"Worklist SCP listening on {HOST}:{moved_port}")
+    capacitor.wait_for_log("Storage Commitment SCP disabled (storageCommitScpPort is 0)")
+
+    assert not port_open(worklist_port)
+    assert not port_open(commitment_port)
+    assert echo_ok(moved_port, "RIS")
+    assert echo_ok(query_port, "PACS")
+    assert echo_ok(capacitor.port, "ARCHIVE")
+
+
+def test_service_port_in_use_keeps_old_one(router, sinks):
+    sink = sinks("ARCHIVE")
+    worklist_port = free_port()
+    capacitor = router({"nodes": [sink.node(), *SERVICE_NODES], "findScpPort": worklist_port})
+
+    capacitor.config["findScpPort"] = capacitor.port
+    capacitor.write_config()
+    log = capacitor.wait_for_log(f"Worklist SCP still listening on {HOST}:{worklist_port}")
+
+    assert f"Worklist SCP cannot listen on {HOST}:{capacitor.port}" in log
+    assert echo_ok(worklist_port, "RIS")
+
+
 def test_restart_only_setting_is_logged_and_kept(router, sinks, make_files):
     sink = sinks("ARCHIVE")
     capacitor = router({"nodes": [sink.node()]}, {"10.rules": rules_to("ARCHIVE")})

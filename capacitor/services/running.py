@@ -40,3 +40,33 @@ class Services:
     def stop(self) -> None:
         for _, listener in self.listeners:
             listener.stop()
+
+    def restart(self, changed: set[str], shared: set[str]) -> None:
+        """Restart the listeners that a change of settings concerns; running associations go on.
+
+        A listener restarts when its own port setting is in `changed`, or
+        when `changed` contains one of `shared`, the settings every listener
+        reads when it starts. A port set to 0 stops its listener. When the
+        new address cannot be bound, the listener returns to the address
+        it had, and the error is logged.
+        """
+        config = self.state().config
+        for setting, listener in self.listeners:
+            if setting not in changed and not changed & shared:
+                continue
+            old = listener.server
+            old_address = old.server_address[:2] if old is not None else None
+            listener.stop()
+            if not config[setting]:
+                LOGGER.info("%s disabled (%s is 0)", listener.service, setting)
+                continue
+            try:
+                listener.start(config["bindAddress"], config[setting])
+            except OSError as exc:
+                LOGGER.error(
+                    "%s cannot listen on %s:%d: %s", listener.service, config["bindAddress"], config[setting], exc
+                )
+                if old_address is not None:
+                    host, port = old_address
+                    listener.start(str(host), int(port))
+                    LOGGER.error("%s still listening on %s:%d; fix %s or restart", listener.service, host, port, setting)
