@@ -109,6 +109,9 @@ def test_entry_point_on_empty_data_folder(image, tmp_path):
         "CAPACITOR_MY_AE_TITLE": "CONTAINER",
         "CAPACITOR_API_PORT": str(api_port),
         "CAPACITOR_FIND_SCP_PORT": "0",
+        # Not the default ports, which a router started beside the tests may hold.
+        "CAPACITOR_STORAGE_COMMIT_SCP_PORT": str(free_port()),
+        "CAPACITOR_QUERY_RETRIEVE_SCP_PORT": str(free_port()),
         "CAPACITOR_LOG_FORMAT": "json",
     }
     log = tmp_path / "entry.log"
@@ -148,7 +151,15 @@ def test_healthcheck_fails_when_router_is_down(image):
 
 def test_existing_configuration_is_kept(image, tmp_path):
     port = free_port()
-    config = {"scpPort": port, "bindAddress": HOST, "findScpPort": 0, "myAeTitle": "MINE", "nodes": []}
+    config = {
+        "scpPort": port,
+        "bindAddress": HOST,
+        "findScpPort": 0,
+        "storageCommitScpPort": 0,
+        "queryRetrieveScpPort": 0,
+        "myAeTitle": "MINE",
+        "nodes": [],
+    }
     (image.data / "config.yml").write_text(yaml.safe_dump(config))
     process = start(image, tmp_path / "entry.log")
     try:
