@@ -54,3 +54,20 @@ class RuleError(FindingsError):
 
 class SpoolError(CapacitorError):
     """The spool could not store or index an instance."""
+
+
+class ListenError(OSError):
+    """Raised when a listener cannot bind its address; names the listener and its port setting."""
+
+    def __init__(self, listener: str, setting: str, host: str, port: int, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(
+            cause.errno,
+            f"{listener} cannot listen on {host}:{port} ({setting}): {reason}; "
+            f"stop the program that holds the port or change {setting}",
+        )
+        self.listener = listener
+        self.setting = setting
+
+    def __str__(self) -> str:
+        return str(self.strerror)

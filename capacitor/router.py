@@ -15,6 +15,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from capacitor import commandset, idlewait, logfilters, metrics, netutil
 from capacitor.api import ApiServer, Health
 from capacitor.config.loader import parse_size
+from capacitor.errors import ListenError
 from capacitor.reload import ConfigWatcher
 from capacitor.scp.store import StoreSCP
 from capacitor.scu.process import HEARTBEAT_SECONDS, ForwarderProcess
@@ -100,12 +101,22 @@ class Router:
         if not config["scpPort"]:
             LOGGER.info("Store SCP disabled (scpPort is 0)")
             return
-        _instrument(self.store_scp.start(config["bindAddress"], config["scpPort"]))
+        host, port = config["bindAddress"], config["scpPort"]
+        try:
+            server = self.store_scp.start(host, port)
+        except OSError as exc:
+            raise ListenError("Store SCP", "scpPort", host, port, exc) from exc
+        _instrument(server)
 
     def start_api(self) -> None:
         config = self._state.config
-        if config["api.port"]:
-            self.api.start(config["api.host"], config["api.port"])
+        if not config["api.port"]:
+            return
+        host, port = config["api.host"], config["api.port"]
+        try:
+            self.api.start(host, port)
+        except OSError as exc:
+            raise ListenError("HTTP endpoint", "api.port", host, port, exc) from exc
 
     # reload
 
@@ -121,10 +132,7 @@ class Router:
         try:
             self.start_store_scp()
         except OSError as exc:
-            config = self._state.config
-            LOGGER.error(
-                "Store SCP cannot listen on %s:%d: %s", config["bindAddress"], config["scpPort"], exc
-            )
+            LOGGER.error("%s", exc)
             if old_address is not None:
                 host, port = old_address
                 _instrument(self.store_scp.start(str(host), int(port)))
@@ -135,8 +143,7 @@ class Router:
         try:
             self.start_api()
         except OSError as exc:
-            config = self._state.config
-            LOGGER.error("HTTP endpoint cannot listen on %s:%d: %s", config["api.host"], config["api.port"], exc)
+            LOGGER.error("%s", exc)
 
     # health
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -237,12 +238,19 @@ def test_service_port_in_use_keeps_old_one(router, sinks):
     sink = sinks("ARCHIVE")
     worklist_port = free_port()
     capacitor = router({"nodes": [sink.node(), *SERVICE_NODES], "findScpPort": worklist_port})
+    holder = socket.socket()
+    holder.bind((HOST, 0))
+    holder.listen()
+    taken_port = holder.getsockname()[1]
 
-    capacitor.config["findScpPort"] = capacitor.port
-    capacitor.write_config()
-    log = capacitor.wait_for_log(f"Worklist SCP still listening on {HOST}:{worklist_port}")
+    try:
+        capacitor.config["findScpPort"] = taken_port
+        capacitor.write_config()
+        log = capacitor.wait_for_log(f"Worklist SCP still listening on {HOST}:{worklist_port}")
+    finally:
+        holder.close()
 
-    assert f"Worklist SCP cannot listen on {HOST}:{capacitor.port}" in log
+    assert f"Worklist SCP cannot listen on {HOST}:{taken_port} (findScpPort): Address already in use" in log
     assert echo_ok(worklist_port, "RIS")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pynetdicom import AE
 
 from capacitor.cli.run import EXIT_GRACE_SECONDS
@@ -107,3 +109,31 @@ def test_sigterm_during_receive_keeps_acknowledged(router, sinks, make_files):
         60,
         f"{len(acknowledged)} acknowledged instances delivered after the restart",
     )
+
+
+@pytest.mark.parametrize(
+    ("setting", "listener"),
+    [
+        ("scpPort", "Store SCP"),
+        ("findScpPort", "Worklist SCP"),
+        ("queryRetrieveScpPort", "Query/Retrieve SCP"),
+        ("api.port", "HTTP endpoint"),
+    ],
+)
+def test_port_in_use_named_at_start(router, setting, listener):
+    holder = socket.socket()
+    holder.bind((HOST, 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    config: dict[str, object] = {"api": {"port": port}} if setting == "api.port" else {setting: port}
+    try:
+        capacitor = router(config, start=False)
+        capacitor.start(wait=False)
+        assert capacitor.process is not None
+        code = capacitor.process.wait(30)
+    finally:
+        holder.close()
+
+    assert code == 1
+    assert f"{listener} cannot listen on {HOST}:{port} ({setting}): Address already in use" in capacitor.log_text()
+    assert f"stop the program that holds the port or change {setting}" in capacitor.log_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from capacitor.errors import ListenError
 from capacitor.services.commitment import CommitmentSCP
 from capacitor.services.listener import ServiceListener
 from capacitor.services.moves import MoveRegistry
@@ -29,13 +30,23 @@ class Services:
         self.state = state
 
     def start(self) -> None:
-        """Start each listener whose port setting is not 0."""
+        """Start each listener whose port setting is not 0.
+
+        Raises
+        ------
+        ListenError
+            If a listener cannot bind its address.
+        """
         config = self.state().config
         for setting, listener in self.listeners:
-            if config[setting]:
-                listener.start(config["bindAddress"], config[setting])
-            else:
+            if not config[setting]:
                 LOGGER.info("%s disabled (%s is 0)", listener.service, setting)
+                continue
+            host, port = config["bindAddress"], config[setting]
+            try:
+                listener.start(host, port)
+            except OSError as exc:
+                raise ListenError(listener.service, setting, host, port, exc) from exc
 
     def stop(self) -> None:
         for _, listener in self.listeners:
@@ -60,12 +71,11 @@ class Services:
             if not config[setting]:
                 LOGGER.info("%s disabled (%s is 0)", listener.service, setting)
                 continue
+            host, port = config["bindAddress"], config[setting]
             try:
-                listener.start(config["bindAddress"], config[setting])
+                listener.start(host, port)
             except OSError as exc:
-                LOGGER.error(
-                    "%s cannot listen on %s:%d: %s", listener.service, config["bindAddress"], config[setting], exc
-                )
+                LOGGER.error("%s", ListenError(listener.service, setting, host, port, exc))
                 if old_address is not None:
                     host, port = old_address
                     listener.start(str(host), int(port))
