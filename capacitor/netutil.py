@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom._handlers import standard_pdu_sent_handler
+from pynetdicom.association import Association
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
@@ -233,6 +234,82 @@ def set_nodelay(event: evt.Event) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
         LOGGER.debug("Could not set TCP_NODELAY: %s", exc)
+
+
+# Messages that pynetdicom logs at ERROR when an association it requested is not
+# established. The caller reports such a failure itself, with its cause.
+_CONNECT_FAILED = "Association request failed: unable to connect to remote"
+_CONNECT_ERROR = "TCP Initialisation Error: "
+_REJECTED = "Association Rejected"
+_REJECTION_RESULT = "Result: "
+_REJECTION_REASON = "Reason: "
+_FAILURE_NOTE = "_capacitor_failure"
+
+
+class _FailureNotes(logging.Filter):
+    """Keep pynetdicom's errors about a requested association for failure_reason(), not in the log.
+
+    pynetdicom logs the connection error in the association's DUL thread,
+    whose association is known, and the rejection in the thread that
+    called AE.associate(), which reads the note right after.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        thread: Any = threading.current_thread()
+        assoc = getattr(thread, "assoc", thread)
+        if isinstance(assoc, Association):
+            if not assoc.is_requestor:
+                return True  # An inbound association: its lines stay in the log.
+            notes = assoc.__dict__
+        else:
+            notes = _caller_notes.__dict__
+        if message in (_CONNECT_FAILED, _REJECTED):
+            return False
+        if message.startswith(_CONNECT_ERROR):
+            notes[_FAILURE_NOTE] = f"cannot connect: {message[len(_CONNECT_ERROR):]}"
+            return False
+        if message.startswith(_REJECTION_RESULT):
+            notes[_FAILURE_NOTE] = f"association rejected ({message[len(_REJECTION_RESULT):]})"
+            return False
+        if message.startswith(_REJECTION_REASON):
+            rejected = notes.get(_FAILURE_NOTE, "association rejected")
+            notes[_FAILURE_NOTE] = f"{rejected}: {message[len(_REJECTION_REASON):]}"
+            return False
+        return True
+
+
+# Notes kept for the thread that called AE.associate().
+_caller_notes = threading.local()
+_failure_notes = _FailureNotes()
+
+
+def install_failure_notes() -> None:
+    """Keep the cause of each requested association's failure for failure_reason(); safe to call twice."""
+    for name in ("pynetdicom.transport", "pynetdicom.acse"):
+        logger = logging.getLogger(name)
+        if _failure_notes not in logger.filters:
+            logger.addFilter(_failure_notes)
+
+
+def failure_reason(assoc: Any) -> str:
+    """Return why a requested association was not established, as far as it is known.
+
+    The connection error (``cannot connect: [Errno 111] Connection
+    refused``) or the rejection with its reason are known once
+    install_failure_notes() has run.
+    """
+    note = assoc.__dict__.pop(_FAILURE_NOTE, None)
+    caller_note = _caller_notes.__dict__.pop(_FAILURE_NOTE, None)
+    if note is None and assoc.is_rejected:
+        note = caller_note
+    if note is not None:
+        return str(note)
+    if assoc.is_rejected:
+        return "association rejected"
+    if assoc.is_aborted:
+        return "association aborted by the node, or no reply in time"
+    return "association failed"
 
 
 def hex_bytes(raw: bytes) -> str:

@@ -46,6 +46,7 @@ class Router:
         commandset.install()
         netutil.install_whole_reads()
         netutil.install_polled_readiness()
+        netutil.install_failure_notes()
         netutil.install_locked_sends()
         self._state = state
         self._state_lock = threading.Lock()

@@ -146,7 +146,7 @@ def test_healthcheck_fails_when_router_is_down(image):
     health = subprocess.run(image.healthcheck(), capture_output=True, text=True, env=image.env(**settings), timeout=60, check=False)
 
     assert health.returncode == 1
-    assert f"C-ECHO to CAPACITOR at {HOST}:{port}: association" in health.stdout
+    assert f"C-ECHO to CAPACITOR at {HOST}:{port}: cannot connect: [Errno 111] Connection refused" in health.stdout
 
 
 def test_existing_configuration_is_kept(image, tmp_path):

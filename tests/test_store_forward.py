@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.peers import storescu, wait_until
+from tests.peers import free_port, storescu, wait_until
 
 OTHERWISE_ARCHIVE = 'route "all to archive" otherwise { forward to ARCHIVE }\n'
 
@@ -151,6 +151,25 @@ def test_echo_command_reaches_the_store_scp(router):
     assert "success (status 0x0000)" in result.stdout
 
 
+def test_echo_command_names_rejection_reason(router):
+    capacitor = router({"nodes": [], "security": {"store": {"allowedCallingAeTitles": ["MOD_CT"]}}})
+
+    result = capacitor.cli("echo", "127.0.0.1", str(capacitor.port), "--aet", "INTRUDER", "--aec", "CAPACITOR")
+
+    assert result.returncode == 1
+    assert "association rejected (Rejected Permanent, Source: Service User): Calling AE title not recognised" in result.stdout
+
+
+def test_echo_command_names_refused_connection(router):
+    capacitor = router({"nodes": []})
+    closed_port = free_port()
+
+    result = capacitor.cli("echo", "127.0.0.1", str(closed_port), "--timeout", "5")
+
+    assert result.returncode == 1
+    assert f"at 127.0.0.1:{closed_port}: cannot connect: [Errno 111] Connection refused" in result.stdout
+
+
 def test_destination_down_does_not_hold_up_the_others(router, sinks, make_files):
     ws1, ws2, ws3 = sinks("WS1"), sinks("WS2", start=False, extra=("+uf",)), sinks("WS3")
     rules = 'route "ct to workstations" { when Modality == "CT" forward to WS1, WS2, WS3 }\n'
@@ -163,6 +182,9 @@ def test_destination_down_does_not_hold_up_the_others(router, sinks, make_files)
     assert set(by_uid(ws1.wait_for(5))) == set(by_uid(sent))
     assert set(by_uid(ws3.wait_for(5))) == set(by_uid(sent))
     assert capacitor.delivery_states()["WS2"].get("delivered", 0) == 0
+    log = capacitor.wait_for_log("to WS2 at")
+    assert f"to WS2 at 127.0.0.1:{ws2.port}: cannot connect: [Errno 111] Connection refused; next try in" in log
+    assert "TCP Initialisation Error" not in log
     ws2.start(("+uf",))
     received = ws2.wait_for(5, timeout=30)
     wait_until(

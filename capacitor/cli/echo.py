@@ -8,13 +8,14 @@ container health check does: it calls ``myAeTitle`` at ``scpPort`` on
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from pynetdicom import AE, evt
 
 from capacitor.cli.main import UsageError
 from capacitor.config.loader import Config, load_config
 from capacitor.errors import ConfigError
-from capacitor.netutil import set_nodelay
+from capacitor.netutil import failure_reason, install_failure_notes, set_nodelay
 
 VERIFICATION = "1.2.840.10008.1.1"
 _WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
@@ -52,10 +53,10 @@ def command(args: argparse.Namespace) -> int:
     ae.acse_timeout = args.timeout
     ae.dimse_timeout = args.timeout
     target = f"{called} at {host}:{port}"
+    install_failure_notes()
     assoc = ae.associate(host, port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
     if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        print(f"C-ECHO to {target}: association {reason}")
+        print(f"C-ECHO to {target}: {failure_reason(assoc)}; {_next_step(assoc)}")
         return 1
     try:
         status = assoc.send_c_echo()
@@ -68,3 +69,10 @@ def command(args: argparse.Namespace) -> int:
     verdict = "success" if code == 0 else "failed"
     print(f"C-ECHO to {target}: {verdict} (status 0x{int(code):04X})")
     return 0 if code == 0 else 1
+
+
+def _next_step(assoc: Any) -> str:
+    """Return what to check after an association failure."""
+    if assoc.is_rejected:
+        return "check the called and calling AE titles (--aec, --aet) against the node's configuration"
+    return "check the host, the port and that the node is running"

@@ -32,7 +32,7 @@ from pynetdicom.presentation import PresentationContext
 
 from capacitor.config.loader import Config
 from capacitor.config.nodes import Node
-from capacitor.netutil import outbound_ae
+from capacitor.netutil import failure_reason, outbound_ae
 from capacitor.scu.gate import install_gate
 from capacitor.tls import client_tls_args
 
@@ -209,10 +209,21 @@ class Outbound:
         self.assoc.dimse.msg_queue.put((None, None))
 
 
+class AssociationFailed(Exception):
+    """Raised when a destination did not establish an association; the message gives the cause."""
+
+
 def open_association(
     config: Config, node: Node, calling_ae: str, contexts: list[PresentationContext], proposed: set[Pair]
-) -> Outbound | None:
-    """Request an association with `node`; return None when it was not established."""
+) -> Outbound:
+    """Request an association with `node`.
+
+    Raises
+    ------
+    AssociationFailed
+        If the association was not established, with the connection error
+        or the rejection reason as its message.
+    """
     ae = outbound_ae(config, calling_ae)
     activity = _Activity()
     assert node.host is not None and node.port is not None
@@ -229,6 +240,6 @@ def open_association(
         ],
     )
     if not assoc.is_established:
-        return None
+        raise AssociationFailed(failure_reason(assoc))
     cap_peer_pdu(assoc)
     return Outbound(assoc, node, calling_ae, proposed, activity, float(config["stallThresholdSeconds"]))

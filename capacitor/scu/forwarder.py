@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from capacitor import logs, metrics
 from capacitor.config.loader import parse_duration
 from capacitor.config.nodes import STORAGE, Node
-from capacitor.scu.association import Outbound, Pair, contexts_for, open_association
+from capacitor.scu.association import AssociationFailed, Outbound, Pair, contexts_for, open_association
 from capacitor.scu.batch import claim_order, order_batch
 from capacitor.scu.outcome import Outcome, backoff_delay
 from capacitor.scu.schedule import parse_schedule
@@ -198,15 +198,16 @@ class DestinationWorker(threading.Thread):
         covered = [d for d in batch if d.sop_class_uid in fitted]
         rest = [d for d in batch if d.sop_class_uid not in fitted]
         proposed = {pair for pair in needed if pair[0] in fitted}
-        outbound = open_association(state.config, node, calling_ae, contexts, proposed)
-        if outbound is None:
-            self._association_failed(state, node, covered)
+        try:
+            outbound = open_association(state.config, node, calling_ae, contexts, proposed)
+        except AssociationFailed as exc:
+            self._association_failed(state, node, covered, str(exc))
             return None, [], rest
         self.connect_failures = 0
         self.current = outbound
         return outbound, covered, rest
 
-    def _association_failed(self, state: RouterState, node: Node, batch: list[Delivery]) -> None:
+    def _association_failed(self, state: RouterState, node: Node, batch: list[Delivery], reason: str) -> None:
         self.connect_failures += 1
         delay = backoff_delay(
             self.connect_failures,
@@ -214,12 +215,13 @@ class DestinationWorker(threading.Thread):
             float(state.config["retryMaxDelaySeconds"]),
         )
         self.blocked_until = time.time() + delay
-        error = f"association with {node.ae_title} at {node.address} failed"
+        error = f"association with {node.ae_title} at {node.address} failed: {reason}"
         LOGGER.warning(
-            "Cannot deliver %d instance(s) to %s at %s: association failed; next try in %.0f s",
+            "Cannot deliver %d instance(s) to %s at %s: %s; next try in %.0f s",
             len(batch),
             node.ae_title,
             node.address,
+            reason,
             delay,
         )
         threshold = parse_duration(state.config["expiryThreshold"])

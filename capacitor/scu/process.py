@@ -302,6 +302,7 @@ def run_forwarder(connection: Connection) -> None:
     commandset.install()
     netutil.install_whole_reads()
     netutil.install_polled_readiness()
+    netutil.install_failure_notes()
     netutil.install_locked_sends()
     receive.send_files_unparsed()
     send_lock = threading.Lock()

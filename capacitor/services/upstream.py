@@ -18,7 +18,7 @@ from pynetdicom.presentation import PresentationContext
 
 from capacitor.config.loader import Config
 from capacitor.config.nodes import Node
-from capacitor.netutil import outbound_ae
+from capacitor.netutil import failure_reason, outbound_ae
 from capacitor.scu.gate import install_gate
 from capacitor.tls import client_tls_args
 
@@ -103,7 +103,7 @@ def open_association(
     )
     if not assoc.is_established:
         raise UpstreamUnavailable(
-            f"association with {node.ae_title} at {node.address} as {calling_ae} failed"
+            f"association with {node.ae_title} at {node.address} as {calling_ae} failed: {failure_reason(assoc)}"
         )
     return assoc
 
