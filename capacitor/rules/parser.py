@@ -7,6 +7,7 @@ carries the ``file`` it came from.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -17,7 +18,9 @@ from lark.exceptions import (
     UnexpectedInput,
     UnexpectedToken,
 )
+from lark.lexer import PatternStr
 
+from capacitor.config.schema import closest
 from capacitor.errors import Finding, RuleError
 from capacitor.resources import resource_path
 
@@ -47,6 +50,18 @@ _TERMINAL_NAMES = {
     "DIRECTION": "'ascending' or 'descending'",
 }
 
+# The words of the grammar's terminals that are alternatives of keywords, such
+# as SORT_TYPE: "integer" | "string". Lark compiles each to one regex, so the
+# words are listed here for suggestions.
+_KEYWORD_ALTERNATIVES = {
+    "SORT_TYPE": ("integer", "string"),
+    "DIRECTION": ("ascending", "descending"),
+}
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Maximum length, in characters, of an unterminated string's excerpt in a message.
+_MAX_STRING_EXCERPT = 40
 
 
 @cache
@@ -87,6 +102,104 @@ def _describe_expected(expected: set[str]) -> str:
     return ", ".join(unique)
 
 
+def _expected_rule_keywords(expected: set[str]) -> list[str]:
+    """Return the keywords among the terminal names `expected` by the parser."""
+    words: list[str] = []
+    for name in sorted(expected):
+        if name in _KEYWORD_ALTERNATIVES:
+            words.extend(_KEYWORD_ALTERNATIVES[name])
+            continue
+        if name == "$END":
+            continue
+        pattern = _parser().get_terminal(name).pattern
+        if isinstance(pattern, PatternStr) and _WORD.fullmatch(pattern.value):
+            words.append(pattern.value)
+    return words
+
+
+def _is_transposition(word: str, keyword: str) -> bool:
+    """Return whether `word` is `keyword` with two neighbouring letters swapped."""
+    if len(word) != len(keyword):
+        return False
+    differences = [index for index, (a, b) in enumerate(zip(word, keyword)) if a != b]
+    if len(differences) != 2 or differences[1] != differences[0] + 1:
+        return False
+    first, second = differences
+    return word[first] == keyword[second] and word[second] == keyword[first]
+
+
+def _suggest_rule_keyword(word: str, keywords: list[str]) -> str | None:
+    """Return the keyword that `word` is most likely a misspelling of, or None."""
+    if word in keywords:
+        return None
+    # difflib rates a swap in a short word below the 0.7 cutoff of closest()
+    # ('adn' against 'and' is 0.67), so swaps are checked first.
+    for keyword in keywords:
+        if _is_transposition(word.lower(), keyword):
+            return keyword
+    return closest(word, keywords)
+
+
+def _unexpected_token_message(exc: UnexpectedToken) -> str:
+    token = exc.token
+    if token.type == "$END":
+        return "unexpected end of file; a rule is missing its closing '}'"
+    expected = set(exc.accepts or exc.expected)
+    word = str(token)
+    # NOTE: the contextual lexer takes a keyword that starts a longer word as
+    # that keyword ('routes' lexes as 'route' and 's'), so such a misspelling
+    # is reported at its remainder, with no suggestion.
+    if _WORD.fullmatch(word):
+        hint = _suggest_rule_keyword(word, _expected_rule_keywords(expected))
+        if hint is not None:
+            return f"unexpected {word!r}; did you mean {hint!r}?"
+    return f"unexpected {word!r}; expected {_describe_expected(expected)}"
+
+
+def _unterminated_string_message(
+    text: str, position: int, column: int
+) -> str | None:
+    """Describe the string that opens at `position` with no closing quote on its line.
+
+    Returns None when a whole string does start there, so the error lies elsewhere.
+    """
+    string_pattern = _parser().get_terminal("STRING").pattern.to_regexp()
+    if re.compile(string_pattern).match(text, position):
+        return None
+    line_end = text.find("\n", position)
+    if line_end < 0:
+        line_end = len(text)
+    fragment = text[position:line_end].rstrip("\r")
+    excerpt = fragment
+    if len(fragment) > _MAX_STRING_EXCERPT:
+        excerpt = fragment[:_MAX_STRING_EXCERPT] + "..."
+    message = (
+        f"string '{excerpt}' starting at column {column} is not closed "
+        "before the end of the line; add the closing '\"' on the same line"
+    )
+    if '\\"' in fragment:
+        message += (
+            "; '\\\"' inside a string is an escaped quote, "
+            "so write '\\\\' for a backslash"
+        )
+    return message
+
+
+def _unexpected_character_message(text: str, exc: UnexpectedCharacters) -> str:
+    position = exc.pos_in_stream or 0
+    char = text[position] if position < len(text) else ""
+    if char == '"':
+        unterminated = _unterminated_string_message(text, position, exc.column or 1)
+        if unterminated is not None:
+            return unterminated
+    message = f"unexpected character {char!r}"
+    if char == "(":
+        return message + "; a tag is written (gggg,eeee) with 4 hex digits each"
+    if char == "'":
+        return message + "; strings take double quotes"
+    return message + f"; expected {_describe_expected(set(exc.allowed or ()))}"
+
+
 def _syntax_finding(file: str, text: str, exc: UnexpectedInput) -> Finding:
     line = getattr(exc, "line", 1) or 1
     column = getattr(exc, "column", 1) or 1
@@ -95,21 +208,9 @@ def _syntax_finding(file: str, text: str, exc: UnexpectedInput) -> Finding:
         line, column = len(lines), len(lines[-1]) + 1
         message = "unexpected end of file; a rule is missing its closing '}'"
     elif isinstance(exc, UnexpectedToken):
-        token = exc.token
-        shown = "end of file" if token.type == "$END" else repr(str(token))
-        message = f"unexpected {shown}; expected {_describe_expected(set(exc.accepts or exc.expected))}"
-        if token.type == "$END":
-            message = "unexpected end of file; a rule is missing its closing '}'"
+        message = _unexpected_token_message(exc)
     elif isinstance(exc, UnexpectedCharacters):
-        position = exc.pos_in_stream or 0
-        char = text[position] if position < len(text) else ""
-        message = f"unexpected character {char!r}"
-        if char == "(":
-            message += "; a tag is written (gggg,eeee) with 4 hex digits each"
-        elif char == "'":
-            message += "; strings take double quotes"
-        else:
-            message += f"; expected {_describe_expected(set(exc.allowed or ()))}"
+        message = _unexpected_character_message(text, exc)
     else:
         message = str(exc).splitlines()[0]
     return Finding(file, line, column, f"syntax error: {message}")
