@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pydicom
@@ -12,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, RLELossless
+from pynetdicom import AE
 
 from capacitor.synthetic import make_image, write
 from tests import rawpeer
@@ -383,6 +386,31 @@ class TestDuplicates:
 
         assert "Received Store Response (Unknown Status: 0x111)" in again.stderr, again.stderr
         assert "status 0x0111" in capacitor.log_text()
+
+
+    @pytest.mark.parametrize(("behavior", "statuses"), [("reject", [0x0000] + [0x0111] * 9), ("discardIdentical", [0x0000] * 10)])
+    def test_simultaneous_copies_stored_once(self, router, destinations, make_files, behavior, statuses):
+        pacs = destinations("PACS_A")
+        capacitor = router({"nodes": [pacs.node()], "duplicateBehavior": behavior})
+        dataset = pydicom.dcmread(make_files(1)[0])
+        start = threading.Barrier(10)
+
+        def send_copy(_: int) -> int:
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+            assoc = ae.associate(HOST, capacitor.port, ae_title="PACS_A")
+            assert assoc.is_established
+            try:
+                start.wait(30)
+                return int(assoc.send_c_store(dataset).Status)
+            finally:
+                assoc.release()
+
+        with ThreadPoolExecutor(10) as pool:
+            received = sorted(pool.map(send_copy, range(10)))
+
+        assert received == statuses
+        assert sum(capacitor.delivery_states()["PACS_A"].values()) == 1
 
 
 class TestIntake:

@@ -9,7 +9,9 @@ queued; the sender still holds the instance.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +45,9 @@ DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.1: failure, the instance was received
 CANNOT_UNDERSTAND = 0xC210
 
 _MAX_COMMENT = 64  # ErrorComment is LO: at most 64 characters
+# Locks that serialise copies of one SOP Instance UID; different UIDs share one
+# only when their hashes collide.
+_INSTANCE_LOCKS = 64
 
 
 def failure(status: int, comment: str) -> Dataset:
@@ -78,6 +83,8 @@ class StoreSCP:
         )
         # C-MOVEs routed through the router, whose instances go to their move destination.
         self.moves: MoveRegistry | None = None
+        # Locks by SOP Instance UID hash, for the duplicate policies that compare copies.
+        self._instance_locks = [threading.Lock() for _ in range(_INSTANCE_LOCKS)]
         receive.install(spool.incoming)
 
     # association
@@ -121,6 +128,19 @@ class StoreSCP:
         return SUCCESS
 
     def handle_store(self, event: evt.Event) -> int | Dataset:
+        """Store one received instance and return its C-STORE status.
+
+        With duplicateBehavior reject or discardIdentical, copies of one SOP
+        Instance UID are judged and stored one at a time, so copies that
+        arrive together cannot each find no earlier copy.
+        """
+        if self.state().config["duplicateBehavior"] == duplicates.KEEP:
+            return self._handle_store(event)
+        uid = str(event.request.AffectedSOPInstanceUID or "")
+        with self._instance_locks[zlib.crc32(uid.encode()) % len(self._instance_locks)]:
+            return self._handle_store(event)
+
+    def _handle_store(self, event: evt.Event) -> int | Dataset:
         state = self.state()
         config = state.config
         peer = self.negotiator.peer(event.assoc)
