@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from capacitor.spool.index import Delivery
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# Control characters, which received values may carry into a message.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r"}
 
 _handler: logging.Handler | None = None
 
@@ -51,6 +55,26 @@ class LogSettings:
             suppressed=frozenset(fold_ae(title, case_sensitive) for title in titles),
             case_sensitive=case_sensitive,
         )
+
+
+def escape_controls(text: str) -> str:
+    """Return `text` with line breaks and other control characters written as escapes (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(lambda found: _ESCAPES.get(found.group(), f"\\x{ord(found.group()):02x}"), text)
+
+
+class TextFormatter(logging.Formatter):
+    """Format a record as one line of text, whatever its message contains.
+
+    A UID or name received from a peer may contain line breaks. Written as
+    they are, it could add a line that looks like the router's own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -117,7 +141,7 @@ def configure(settings: LogSettings | None = None, stream: IO[str] | None = None
         _handler = _new_handler(stream or sys.stderr)
         root.addHandler(_handler)
         _capture_warnings()
-    _handler.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(_TEXT_FORMAT))
+    _handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     root.setLevel(settings.level)
     protocol_log = settings.level == "DEBUG" and not settings.redacted
     logging.getLogger("pynetdicom").setLevel("DEBUG" if protocol_log else "WARNING")

@@ -164,6 +164,14 @@ class TestFilters:
 
         assert "/x/DOE^JOHN.dcm" in output
 
+    def test_received_line_break_stays_on_one_line(self):
+        forged = "1.2.3\n2026-12-05 00:00:00,000 INFO    capacitor.scp.store: Stored FAKE\x1b[31m"
+
+        output = self.emit(logs.LogSettings(), "Invalid UID %s", forged, name="pydicom")
+
+        assert output.count("\n") == 1
+        assert "Invalid UID 1.2.3\\n2026-12-05 00:00:00,000 INFO    capacitor.scp.store: Stored FAKE\\x1b[31m" in output
+
     def test_json_line_has_exception(self):
         stream = io.StringIO()
         logs.configure(logs.LogSettings(format="json", redacted=True), stream)
