@@ -168,6 +168,10 @@ def _read_whole(self: AssociationSocket, nr_bytes: int) -> bytearray:
     sockets with a timeout keep pynetdicom's reads, since MSG_WAITALL does
     not apply to them.
     """
+    limit = _pdu_limit(self)
+    if limit and nr_bytes > limit:
+        _abort_oversized(self, nr_bytes, limit)
+        return bytearray()
     raw = self.socket
     if raw is None or isinstance(raw, ssl.SSLSocket) or raw.gettimeout() is not None:
         return _read_in_pieces(self, nr_bytes)
@@ -210,6 +214,37 @@ def _polled_ready(self: AssociationSocket) -> bool:
 def install_polled_readiness() -> None:
     """Make pynetdicom check its sockets for data with poll() instead of select(); safe to call twice."""
     AssociationSocket.ready = property(_polled_ready)  # type: ignore[method-assign,assignment]
+
+
+def _pdu_limit(assoc_socket: AssociationSocket) -> int:
+    """Return the longest PDU body accepted on `assoc_socket`, or 0 for no limit.
+
+    That is the maximum PDU length this side announced (maxPduSize), or
+    _READ_CHUNK where that is larger, so a peer that exceeds a small
+    maximum a little is still served, while memory stays bounded.
+    """
+    try:
+        assoc = assoc_socket.assoc
+        own = (assoc.acceptor if assoc.is_acceptor else assoc.requestor).maximum_length
+    except AttributeError:
+        return 0
+    return max(int(own), _READ_CHUNK) if own else 0
+
+
+def _abort_oversized(assoc_socket: AssociationSocket, length: int, limit: int) -> None:
+    """Log a PDU longer than the limit and have pynetdicom abort the association."""
+    assoc = assoc_socket.assoc
+    peer = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    LOGGER.error(
+        "PDU of %d bytes from %s (%s) exceeds the %d-byte limit of maxPduSize; aborting the association",
+        length,
+        str(peer.ae_title).strip(),
+        peer.address,
+        limit,
+    )
+    # Evt19 (an invalid PDU) makes pynetdicom send an A-ABORT. The short read
+    # that follows then closes the connection.
+    assoc_socket.event_queue.put("Evt19")
 
 
 def install_whole_reads() -> None:

@@ -317,3 +317,20 @@ def test_sockets_above_descriptor_1024(router, sinks, make_files):
     assert stored.returncode == 0, stored.stderr
     assert echo.returncode == 0, echo.stderr
     assert len(sink.wait_for(3, 60)) == 3
+
+
+def test_oversized_pdu_gets_abort(router):
+    """Abort an association whose peer sends a PDU far longer than maxPduSize, before reading it whole."""
+    capacitor = router({"nodes": [], "maxPduSize": 16384})
+    peer = verification_association(capacitor.port)
+    announced = 64 << 20
+    try:
+        peer.send(struct.pack(">BBI", 0x04, 0x00, announced) + bytes(256 << 10))
+        reply = peer.receive()
+    finally:
+        peer.close()
+
+    assert reply is not None
+    assert reply.pdu_type == A_ABORT
+    assert f"PDU of {announced} bytes from PROBE (127.0.0.1) exceeds the 1048576-byte limit of maxPduSize" in capacitor.log_text()
+    assert echo_status(capacitor.port) == 0x0000
