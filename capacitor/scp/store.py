@@ -136,7 +136,8 @@ class StoreSCP:
         """
         if self.state().config["duplicateBehavior"] == duplicates.KEEP:
             return self._handle_store(event)
-        uid = str(event.request.AffectedSOPInstanceUID or "")
+        request: Any = event.request
+        uid = str(request.AffectedSOPInstanceUID or "")
         with self._instance_locks[zlib.crc32(uid.encode()) % len(self._instance_locks)]:
             return self._handle_store(event)
 
