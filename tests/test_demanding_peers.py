@@ -334,3 +334,25 @@ def test_oversized_pdu_gets_abort(router):
     assert reply.pdu_type == A_ABORT
     assert f"PDU of {announced} bytes from PROBE (127.0.0.1) exceeds the 1048576-byte limit of maxPduSize" in capacitor.log_text()
     assert echo_status(capacitor.port) == 0x0000
+
+
+def test_unanswered_stores_removed_after_abort(router):
+    """Remove the files of complete C-STOREs still queued when their peer aborts without waiting."""
+    capacitor = router({"nodes": []})
+    incoming = capacitor.cache / "incoming"
+    for association in range(6):
+        stream = b""
+        for number in range(5):
+            dataset = make_image(study=f"ahead-{association}", number=number, rows=512, columns=512)
+            stream += rawpeer.p_data(1, 0x03, rawpeer.store_rq(CT_IMAGE_STORAGE, str(dataset.SOPInstanceUID), number + 1))
+            stream += rawpeer.p_data(1, 0x02, rawpeer.encode_implicit(dataset))
+        peer = rawpeer.RawPeer(capacitor.port)
+        peer.send(rawpeer.associate_rq(b"CAPACITOR", b"AHEAD", [(1, CT_IMAGE_STORAGE, [rawpeer.IMPLICIT_LE])]))
+        reply = peer.receive()
+        assert reply is not None
+        assert reply.pdu_type == 0x02
+        peer.send(stream + rawpeer.ABORT)
+        peer.close()
+
+    wait_until(lambda: not list(incoming.iterdir()), 30, f"incoming/ emptied; left: {sorted(p.name for p in incoming.iterdir())}")
+    assert "did not wait for; none was acknowledged" in capacitor.log_text()

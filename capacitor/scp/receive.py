@@ -11,8 +11,10 @@ mid-transfer, so the abort and close handlers delete it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +23,9 @@ from pynetdicom import _config, dimse_messages, evt
 LOGGER = logging.getLogger(__name__)
 
 _incoming: Path | None = None
+# Numbers that tag the names of each association's incoming files.
+_association_numbers = itertools.count(1)
+_TAG = "_capacitor_incoming_tag"
 
 
 class IncomingFile:
@@ -78,10 +83,24 @@ class IncomingFile:
         Path(self.name).unlink(missing_ok=True)
 
 
+def _association_tag() -> str:
+    """Return the name prefix of the incoming files of the calling thread's association.
+
+    pynetdicom creates the file in the association's network (DUL) thread.
+    """
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    if assoc is None:
+        return "rx-"
+    tag = assoc.__dict__.get(_TAG)
+    if tag is None:
+        tag = assoc.__dict__[_TAG] = f"rx-{next(_association_numbers)}-"
+    return str(tag)
+
+
 def _named_temporary_file(*args: Any, **kwargs: Any) -> IncomingFile:
     if _incoming is not None:
         kwargs["dir"] = _incoming
-        kwargs.setdefault("prefix", "rx-")
+        kwargs.setdefault("prefix", _association_tag())
     try:
         handle = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115
     except OSError as exc:
@@ -132,6 +151,39 @@ def discard_partial(event: evt.Event) -> None:
     LOGGER.info("Removed partial instance %s left by an interrupted association", path.name)
 
 
+def discard_unserved(event: evt.Event) -> None:
+    """Delete the files of requests that arrived whole but were never served, once the association ends.
+
+    A peer may send several C-STOREs and then abort or close the
+    connection without waiting for their responses. pynetdicom then drops
+    the requests still queued, and their files would stay in incoming/
+    until the next start. The association thread serves requests, so once
+    it has ended, any file left with the association's name prefix belongs
+    to a request that got no response.
+    """
+    assoc = event.assoc
+    tag = assoc.__dict__.get(_TAG)
+    if tag is None or _incoming is None:
+        return
+    folder = _incoming
+
+    def discard_after_end() -> None:
+        if assoc.is_alive():
+            assoc.join()
+        removed = 0
+        for path in folder.glob(f"{tag}*"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            LOGGER.info(
+                "Removed %d received instance(s) that %s sent but did not wait for; none was acknowledged",
+                removed,
+                str(assoc.requestor.ae_title).strip(),
+            )
+
+    threading.Thread(target=discard_after_end, name="discard-unserved", daemon=True).start()
+
+
 def serve_before_release(event: evt.Event) -> None:
     """Make the association respond to every request that arrived before an A-RELEASE-RQ, then release.
 
@@ -152,4 +204,8 @@ def serve_before_release(event: evt.Event) -> None:
 
 
 def handlers() -> list[tuple[evt.EventType, Any]]:
-    return [(evt.EVT_ABORTED, discard_partial), (evt.EVT_CONN_CLOSE, discard_partial)]
+    return [
+        (evt.EVT_ABORTED, discard_partial),
+        (evt.EVT_CONN_CLOSE, discard_partial),
+        (evt.EVT_CONN_CLOSE, discard_unserved),
+    ]
