@@ -8,9 +8,7 @@ holds it; the merged result is validated again after the overrides.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,31 +16,26 @@ from typing import Any
 
 import jsonschema
 
+from capacitor.config import checks
 from capacitor.config import schema as config_schema
-from capacitor.config.nodes import ROLES_WITH_ADDRESS, Node, NodeDirectory
+from capacitor.config.checks import COMMAND_LINE, ENVIRONMENT, PlacedNode, ValueOrigins
+from capacitor.config.nodes import Node, NodeDirectory
+from capacitor.config.units import SIZE_EXPECTED, parse_duration, parse_size
 from capacitor.config.yamlfile import YamlDocument, load_yaml
 from capacitor.errors import ConfigError, Finding
 
+__all__ = ["COMMAND_LINE", "ENVIRONMENT", "Config", "load_config", "parse_duration", "parse_size"]
+
 CONFIG_FILE = "config.yml"
 NODES_FILE = "nodes.yml"
-ENVIRONMENT = "<environment>"
-COMMAND_LINE = "<command line>"
 
 # Settings that an environment variable or --config cannot replace.
 NOT_OVERRIDABLE = {"nodes"}
 
-_SIZE_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 1000,
-    "MB": 1000**2,
-    "GB": 1000**3,
-    "TB": 1000**4,
-    "KIB": 1024,
-    "MIB": 1024**2,
-    "GIB": 1024**3,
-    "TIB": 1024**4,
-}
+# The schema's maxLength of aeTitlePrefix is checked by checks.prefix_findings
+# instead, whose message names the limit and the node that the prefix is too
+# long for.
+_CHECKED_LATER = {(("aeTitlePrefix",), "maxLength")}
 
 
 @dataclass
@@ -63,31 +56,6 @@ class Config:
     @property
     def filters(self) -> list[str]:
         return [f.strip() for f in self.settings["filters"].split(",") if f.strip()]
-
-
-def parse_size(value: int | str) -> int:
-    """Return `value` in bytes; text takes a unit such as ``500MB`` or ``2GiB``."""
-    if isinstance(value, int):
-        return value
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*", value, re.I)
-    if not match:
-        raise ValueError(f"invalid size {value!r}: expected bytes or a number with KB, MB or GB")
-    number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[(unit or "").upper()])
-
-
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: int | float | str) -> float:
-    """Return `value` in seconds; text takes a unit such as ``90s``, ``15m``, ``24h`` or ``7d``."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", value)
-    if not match:
-        raise ValueError(f"invalid duration {value!r}: expected seconds or a number with s, m, h or d")
-    number, unit = match.groups()
-    return float(number) * _DURATION_UNITS[unit]
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,6 +94,8 @@ def _schema_findings(
     for error in errors:
         path = path_prefix + tuple(error.absolute_path)
         name = config_schema.dotted_path(path) or "file"
+        if (path, error.validator) in _CHECKED_LATER:
+            continue
         if error.validator == "additionalProperties":
             allowed = list(error.schema.get("properties", {}))
             extra = [k for k in error.instance if k not in allowed]
@@ -139,13 +109,30 @@ def _schema_findings(
         if error.validator == "required":
             findings.append(document.finding(path, f"{name}: {error.message}"))
             continue
-        expected = config_schema.expected_text(error, root)
+        expected = _expected_text(error, root)
         findings.append(
             document.finding(
                 path, f"{name}: invalid value {error.instance!r}: expected {expected}"
             )
         )
-    return sorted(findings, key=lambda f: (f.line, f.column))
+    return sorted(_unique(findings), key=lambda f: (f.line, f.column))
+
+
+def _expected_text(error: jsonschema.ValidationError, root: dict[str, Any]) -> str:
+    """Return what `error` expected, with the size units that parse_size accepts."""
+    if error.schema == root["$defs"]["size"]:
+        return SIZE_EXPECTED
+    return config_schema.expected_text(error, root)
+
+
+def _unique(findings: list[Finding]) -> list[Finding]:
+    """Drop repeated findings, in order.
+
+    A value can fail two schema keywords with the same message, such as an
+    AE title longer than 16 characters, which fails both maxLength and
+    pattern and is described by one text.
+    """
+    return list(dict.fromkeys(findings))
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, Any], YamlDocument | None, list[Finding]]:
@@ -165,7 +152,7 @@ def _node_list_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator({"$defs": root["$defs"], "$ref": "#/$defs/nodeList"})
 
 
-def _read_nodes_file(path: Path) -> tuple[list[Any], list[Finding]]:
+def _read_nodes_file(path: Path) -> tuple[list[PlacedNode], list[Finding]]:
     if not path.exists():
         return [], []
     document = load_yaml(path)
@@ -180,15 +167,30 @@ def _read_nodes_file(path: Path) -> tuple[list[Any], list[Finding]]:
         message = "expected a list of nodes, or a mapping with a 'nodes' list"
         return [], [document.finding((), message)]
     findings = _schema_findings(document, data, _node_list_validator(), [], prefix)
-    return data, findings
+    if findings:
+        return [], findings
+    return _placed_nodes(document, data, prefix), []
+
+
+def _placed_nodes(document: YamlDocument, raw_nodes: list[Any], prefix: tuple[object, ...]) -> list[PlacedNode]:
+    """Build the nodes of a schema-valid node list, each with its place in `document`."""
+    return [
+        PlacedNode(Node.from_mapping(raw), document, prefix + (index,))
+        for index, raw in enumerate(raw_nodes)
+    ]
 
 
 def _override_findings(
     overrides: Mapping[str, str], origin: str, settings: dict[str, dict[str, Any]]
-) -> tuple[dict[str, Any], dict[str, str], list[Finding]]:
-    """Convert override texts keyed by setting name; unknown keys are findings."""
+) -> tuple[dict[str, Any], dict[str, str], dict[str, str], list[Finding]]:
+    """Convert override texts keyed by setting name. Unknown keys become findings.
+
+    Returns the converted values, their source labels and their texts, each
+    keyed by setting, and the findings.
+    """
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    texts: dict[str, str] = {}
     findings: list[Finding] = []
     for key, (label, text) in _labelled(overrides, origin, settings).items():
         if key not in settings or key in NOT_OVERRIDABLE:
@@ -204,7 +206,8 @@ def _override_findings(
             findings.append(Finding(origin, 0, 0, f"{label}={text!r}: invalid value for {key}: {exc}"))
             continue
         sources[key] = label
-    return values, sources, findings
+        texts[key] = text
+    return values, sources, texts, findings
 
 
 def _names(origin: str, settings: dict[str, dict[str, Any]]) -> list[str]:
@@ -237,30 +240,6 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def _node_findings(nodes: list[Node], origins: list[str]) -> list[Finding]:
-    findings = []
-    seen: dict[str, str] = {}
-    for node, origin in zip(nodes, origins):
-        missing = [f for f, v in (("HostName", node.host), ("Port", node.port)) if v is None]
-        if missing and node.roles & ROLES_WITH_ADDRESS:
-            findings.append(
-                Finding(
-                    origin,
-                    0,
-                    0,
-                    f"node {node.ae_title}: missing {' and '.join(missing)}; "
-                    "a node that Capacitor connects to needs an address",
-                )
-            )
-        for title in (node.ae_title, *node.aliases):
-            if title in seen:
-                findings.append(
-                    Finding(origin, 0, 0, f"node {node.ae_title}: AE title {title!r} is already used by node {seen[title]}")
-                )
-            seen[title] = node.ae_title
-    return findings
-
-
 def load_config(
     data_dir: Path | str,
     cache_dir: Path | str | None = None,
@@ -282,7 +261,7 @@ def load_config(
 
     file_data, document, file_findings = _read_config_file(data_dir / CONFIG_FILE)
     findings += file_findings
-    node_data, node_findings = _read_nodes_file(data_dir / NODES_FILE)
+    extra_nodes, node_findings = _read_nodes_file(data_dir / NODES_FILE)
     findings += node_findings
     if findings:
         raise ConfigError(findings)
@@ -294,14 +273,16 @@ def load_config(
         line, _ = document.position(tuple(key.split("."))) if document else (0, 0)
         sources[key] = f"{data_dir / CONFIG_FILE}:{line}"
 
+    override_texts: dict[str, str] = {}
     for origin, overrides in (
         (ENVIRONMENT, environment_overrides(environ)),
         (COMMAND_LINE, cli_overrides or {}),
     ):
-        values, override_sources, override_findings = _override_findings(overrides, origin, settings)
+        values, override_sources, texts, override_findings = _override_findings(overrides, origin, settings)
         findings += override_findings
         effective.update(values)
         sources.update(override_sources)
+        override_texts.update(texts)
     if findings:
         raise ConfigError(findings)
 
@@ -309,14 +290,17 @@ def load_config(
     if findings:
         raise ConfigError(findings)
 
-    file_nodes = [Node.from_mapping(raw) for raw in effective.get("nodes", [])]
-    extra_nodes = [Node.from_mapping(raw) for raw in node_data]
-    origins = [str(data_dir / CONFIG_FILE)] * len(file_nodes) + [str(data_dir / NODES_FILE)] * len(extra_nodes)
-    all_nodes = file_nodes + extra_nodes
-    findings += _node_findings(all_nodes, origins)
-    findings += _value_findings(effective, sources, all_nodes, origins)
+    file_nodes = _placed_nodes(document, file_data.get("nodes", []), ("nodes",)) if document else []
+    placed_nodes = file_nodes + extra_nodes
+    all_nodes = [placed.node for placed in placed_nodes]
+    origins = ValueOrigins(sources, override_texts, document)
+    findings += checks.node_findings(placed_nodes)
+    findings += checks.value_findings(effective, origins)
+    findings += checks.port_findings(effective, origins)
+    findings += checks.pdu_size_findings(effective, origins)
+    findings += checks.prefix_findings(effective, origins, all_nodes)
     if findings:
-        raise ConfigError(findings)
+        raise ConfigError(sorted(findings, key=lambda f: (f.file, f.line, f.column)))
 
     directory = NodeDirectory(
         all_nodes,
@@ -337,56 +321,18 @@ def load_config(
         sources["cachePath"] = "--cache"
         effective["cachePath"] = str(cache)
     config = Config(data_dir, cache, rules_dir, effective, sources, directory)
-    _check_tls(config)
+    _check_tls(config, origins)
     return config
 
 
-def _check_tls(config: Config) -> None:
+def _check_tls(config: Config, origins: ValueOrigins) -> None:
     """Build the TLS contexts once, so that a bad certificate setting fails at load time."""
     from capacitor import tls
 
     try:
         tls.check(config, config.nodes.nodes)
     except tls.TlsError as exc:
-        label = config.sources.get("tls.certificate", "default")
-        raise ConfigError([Finding(_origin_of(label), 0, 0, str(exc))]) from exc
-
-
-def _value_findings(
-    effective: dict[str, Any], sources: dict[str, str], nodes: list[Node], origins: list[str]
-) -> list[Finding]:
-    """Check values whose form the schema cannot express: sizes, schedules, syntaxes."""
-    from pydicom.uid import UID
-
-    from capacitor.scu.schedule import ScheduleError, parse_schedule
-
-    findings = []
-
-    def check(label: str, key: str, test: Any) -> None:
-        try:
-            test()
-        except ValueError as exc:
-            findings.append(Finding(_origin_of(label), 0, 0, f"{key}: {exc}"))
-
-    check(sources["minFreeSpace"], "minFreeSpace", lambda: parse_size(effective["minFreeSpace"]))
-    for key in ("processDelay", "expiryThreshold", "duplicateThreshold"):
-        check(sources[key], key, lambda key=key: parse_duration(effective[key]))
-    check(sources["processSchedule"], "processSchedule", lambda: parse_schedule(effective["processSchedule"]))
-
-    def known_syntax(uid: str) -> None:
-        if uid and not UID(uid).is_transfer_syntax:
-            raise ValueError(f"{uid} is not a transfer syntax UID pydicom knows, such as 1.2.840.10008.1.2.1")
-
-    check(sources["defaultTransferSyntax"], "defaultTransferSyntax", lambda: known_syntax(effective["defaultTransferSyntax"]))
-    for key in [k for k in effective if k.startswith("security.") and k.endswith(".allowedNetworks")]:
-        check(sources[key], key, lambda key=key: [ipaddress.ip_network(n, strict=False) for n in effective[key]])
-    for node, origin in zip(nodes, origins):
-        try:
-            parse_schedule(node.process_schedule)
-            known_syntax(node.transfer_syntax or "")
-        except (ScheduleError, ValueError) as exc:
-            findings.append(Finding(origin, 0, 0, f"node {node.ae_title}: {exc}"))
-    return findings
+        raise ConfigError([checks.tls_finding(str(exc), origins)]) from exc
 
 
 def _origin_of(label: str) -> str:
@@ -402,10 +348,12 @@ def _merged_findings(effective: dict[str, Any], sources: dict[str, str]) -> list
     validator = config_schema.validator("config.schema.json")
     findings = []
     for error in validator.iter_errors(_nest(effective)):
+        if (tuple(error.absolute_path), error.validator) in _CHECKED_LATER:
+            continue
         key = config_schema.dotted_path(list(error.absolute_path))
         setting = ".".join(str(p) for p in error.absolute_path if not isinstance(p, int))
         label = sources.get(setting, "default")
-        expected = config_schema.expected_text(error, validator.schema)
+        expected = _expected_text(error, validator.schema)
         message = f"{label}: invalid value {error.instance!r} for {key}: expected {expected}"
         findings.append(Finding(_origin_of(label), 0, 0, message))
-    return findings
+    return _unique(findings)
