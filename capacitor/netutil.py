@@ -269,6 +269,27 @@ def set_nodelay(event: evt.Event) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
         LOGGER.debug("Could not set TCP_NODELAY: %s", exc)
+    _limit_stalled_reads(raw, event.assoc.network_timeout)
+
+
+def _limit_stalled_reads(raw: socket.socket, seconds: float | None) -> None:
+    """Make a read of a PDU that stops arriving fail after `seconds`.
+
+    pynetdicom's network timeout applies between PDUs only: a peer that
+    stops in the middle of one held its connection and thread for good.
+    SO_RCVTIMEO bounds each read in the kernel, while Python still treats
+    the socket as blocking, so the reads with MSG_WAITALL stay as they are.
+    A read that times out raises an OSError, which pynetdicom takes for a
+    closed connection.
+    """
+    if not seconds:
+        return
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    except OSError as exc:
+        LOGGER.debug("Could not set SO_RCVTIMEO: %s", exc)
 
 
 # Messages that pynetdicom logs at ERROR when an association it requested is not

@@ -356,3 +356,47 @@ def test_unanswered_stores_removed_after_abort(router):
 
     wait_until(lambda: not list(incoming.iterdir()), 30, f"incoming/ emptied; left: {sorted(p.name for p in incoming.iterdir())}")
     assert "did not wait for; none was acknowledged" in capacitor.log_text()
+
+
+def ending_of(peer: rawpeer.RawPeer) -> str:
+    """Wait for the router to end a connection; return how it ended, or 'open' after 30 s."""
+    peer.sock.settimeout(30)
+    try:
+        data = peer.sock.recv(64)
+    except ConnectionResetError:
+        return "reset"
+    except TimeoutError:
+        return "open"
+    if not data:
+        return "closed"
+    return "aborted" if data[0] == A_ABORT else f"PDU type {data[0]}"
+
+
+def test_peer_stalled_in_request_disconnected(router):
+    """End a connection whose peer stops in the middle of its A-ASSOCIATE-RQ."""
+    capacitor = router({"nodes": [], "networkTimeoutSeconds": 2, "acseTimeoutSeconds": 2})
+    request = rawpeer.associate_rq(b"CAPACITOR", b"STALLED", [(1, rawpeer.VERIFICATION, [rawpeer.IMPLICIT_LE])])
+    peer = rawpeer.RawPeer(capacitor.port)
+    try:
+        peer.send(request[: len(request) // 2])
+        ending = ending_of(peer)
+    finally:
+        peer.close()
+
+    assert ending in ("closed", "reset", "aborted")
+    assert echo_status(capacitor.port) == 0x0000
+
+
+def test_peer_stalled_in_pdu_disconnected(router):
+    """End an association whose peer stops in the middle of a P-DATA PDU."""
+    capacitor = router({"nodes": [], "networkTimeoutSeconds": 2})
+    peer = verification_association(capacitor.port)
+    pdu = rawpeer.p_data(1, 0x03, rawpeer.echo_rq())
+    try:
+        peer.send(pdu[:-10])
+        ending = ending_of(peer)
+    finally:
+        peer.close()
+
+    assert ending in ("closed", "reset", "aborted")
+    assert echo_status(capacitor.port) == 0x0000
