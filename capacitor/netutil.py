@@ -275,8 +275,8 @@ def set_nodelay(event: evt.Event) -> None:
 def _limit_stalled_reads(raw: socket.socket, seconds: float | None) -> None:
     """Make a read of a PDU that stops arriving fail after `seconds`.
 
-    pynetdicom's network timeout applies between PDUs only: a peer that
-    stops in the middle of one held its connection and thread for good.
+    pynetdicom's network timeout applies between PDUs only, so without this
+    a peer that stops in the middle of one holds its connection and threads.
     SO_RCVTIMEO bounds each read in the kernel, while Python still treats
     the socket as blocking, so the reads with MSG_WAITALL stay as they are.
     A read that times out raises an OSError, which pynetdicom takes for a
