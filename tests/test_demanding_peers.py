@@ -400,3 +400,35 @@ def test_peer_stalled_in_pdu_disconnected(router):
 
     assert ending in ("closed", "reset", "aborted")
     assert echo_status(capacitor.port) == 0x0000
+
+
+def store_status(port: int, dataset: pydicom.Dataset, instance_uid: str) -> int | None:
+    """Send `dataset` in one C-STORE on a new association; return the response's Status."""
+    peer = rawpeer.RawPeer(port)
+    try:
+        peer.send(rawpeer.associate_rq(b"ARCHIVE", b"SENDER", [(1, CT_IMAGE_STORAGE, [rawpeer.IMPLICIT_LE])]))
+        reply = peer.receive()
+        assert reply is not None
+        assert reply.pdu_type == 0x02
+        peer.send(rawpeer.p_data(1, 0x03, rawpeer.store_rq(CT_IMAGE_STORAGE, instance_uid, 1)))
+        peer.send(rawpeer.p_data(1, 0x02, rawpeer.encode_implicit(dataset)))
+        return peer.status_of_response()
+    finally:
+        peer.close()
+
+
+def test_data_set_without_instance_uid_refused(router, sinks):
+    """Refuse at intake a data set that lacks its SOP Instance UID, or is empty, instead of failing at every destination."""
+    sink = sinks("ARCHIVE")
+    capacitor = router({"nodes": [sink.node()]})
+    nameless = make_image(number=1)
+    instance_uid = str(nameless.SOPInstanceUID)
+    del nameless.SOPInstanceUID
+
+    assert store_status(capacitor.port, nameless, instance_uid) == 0xA900
+    assert store_status(capacitor.port, pydicom.Dataset(), "2.25.1") == 0xA900
+    named = make_image(number=2)
+    assert store_status(capacitor.port, named, str(named.SOPInstanceUID)) == 0x0000
+    assert "the data set has no SOPInstanceUID; a destination would refuse it" in capacitor.log_text()
+    assert "the data set has no SOPClassUID or SOPInstanceUID" in capacitor.log_text()
+    assert sum(capacitor.delivery_states()["ARCHIVE"].values()) == 1

@@ -43,6 +43,9 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.1: failure, the instance was received before
 CANNOT_UNDERSTAND = 0xC210
+DATASET_MISMATCH = 0xA900  # PS3.4 B.2.3: the data set does not match the SOP Class
+# Type 1 attributes of the SOP Common Module (PS3.3 C.12.1) that every stored instance needs.
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID")
 
 _MAX_COMMENT = 64  # ErrorComment is LO: at most 64 characters
 # Locks that serialise copies of one SOP Instance UID; different UIDs share one
@@ -190,7 +193,18 @@ class StoreSCP:
             LOGGER.warning("Instance %s from %s: %s", sop_instance_uid, peer.calling_ae, message)
         dataset = header.dataset
         dataset_uid = header.text("SOPInstanceUID")
-        if dataset_uid and dataset_uid != sop_instance_uid:
+        missing = [keyword for keyword in _REQUIRED_UIDS if not header.text(keyword)]
+        if missing:
+            LOGGER.error(
+                "Rejected %s from %s (%s) with status 0xA900: the data set has no %s; "
+                "a destination would refuse it, so the sender must correct it",
+                sop_instance_uid,
+                peer.calling_ae,
+                peer.calling_ip,
+                " or ".join(missing),
+            )
+            return failure(DATASET_MISMATCH, f"Data set has no {' or '.join(missing)}")
+        if dataset_uid != sop_instance_uid:
             LOGGER.warning(
                 "Instance from %s: dataset SOPInstanceUID %s differs from the C-STORE "
                 "request's Affected SOP Instance UID %s; the request's UID is used",
