@@ -214,6 +214,10 @@ def test_queue_stats_counts_by_node_and_state(router, sinks, make_files):
     lines = stats.stdout.splitlines()
     assert "ARCHIVE: delivered 3" in lines
     assert any(line.startswith("DOWN: retrying 3; oldest pending") for line in lines), stats.stdout
+    misspelt = capacitor.cli("queue", "list", "--node", "ARCHVE")
+    assert misspelt.stdout.strip() == "no matching entries"
+    assert "warning: no node ARCHVE is configured or has deliveries; did you mean ARCHIVE?" in misspelt.stderr
+    assert capacitor.cli("queue", "list", "--node", "DOWN").stderr == ""
 
 
 def test_large_series_forwards_only_complete_instances(router, sinks, make_files):

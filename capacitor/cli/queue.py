@@ -10,6 +10,7 @@ import time
 from capacitor.cli.common import load_config_or_report, print_json
 from capacitor.cli.main import UsageError
 from capacitor.config.loader import Config
+from capacitor.config.schema import closest
 from capacitor.spool import reports
 from capacitor.spool.index import STATES, SpoolIndex
 from capacitor.spool.store import INDEX_FILE
@@ -24,6 +25,18 @@ def _open_index(args: argparse.Namespace) -> tuple[SpoolIndex, Config] | None:
         print(f"no spool at {config.cache_dir}: the router has not stored anything there yet", file=sys.stderr)
         return None
     return SpoolIndex(path, durable=True), config
+
+
+def _warn_unknown_node(node: str | None, config: Config, index: SpoolIndex) -> None:
+    """Warn on standard error when `node` is neither configured nor in the queue, which is likely a typo."""
+    if not node:
+        return
+    known = sorted({n.ae_title for n in config.nodes} | set(reports.stats(index)["nodes"]))
+    if node in known:
+        return
+    suggestion = closest(node, known)
+    hint = f"; did you mean {suggestion}?" if suggestion else f"; known nodes: {', '.join(known) or 'none'}"
+    print(f"capacitor: warning: no node {node} is configured or has deliveries{hint}", file=sys.stderr)
 
 
 def _when(timestamp: float | None) -> str:
@@ -69,7 +82,8 @@ def list_command(args: argparse.Namespace) -> int:
     opened = _open_index(args)
     if opened is None:
         return 1
-    index, _ = opened
+    index, config = opened
+    _warn_unknown_node(selection.node, config, index)
     if args.unrouted:
         rows = reports.list_unrouted(index, args.limit)
     else:
@@ -103,7 +117,8 @@ def retry_command(args: argparse.Namespace) -> int:
     opened = _open_index(args)
     if opened is None:
         return 1
-    index, _ = opened
+    index, config = opened
+    _warn_unknown_node(selection.node, config, index)
     count = reports.retry(index, selection)
     index.close()
     print(f"{count} delivery(ies) queued again; a running router sends them within a few seconds")
@@ -118,6 +133,7 @@ def purge_command(args: argparse.Namespace) -> int:
     if opened is None:
         return 1
     index, config = opened
+    _warn_unknown_node(selection.node, config, index)
     if args.unrouted:
         count = reports.purge_unrouted(index, config.cache_dir)
         index.close()
