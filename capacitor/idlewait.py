@@ -19,6 +19,7 @@ the waits.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import ssl
@@ -32,6 +33,8 @@ from pynetdicom import association as pynetdicom_association
 from pynetdicom import dul as pynetdicom_dul
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+
+LOGGER = logging.getLogger(__name__)
 
 # Maximum length of one idle wait, in seconds. It bounds the delay of a
 # wake-up that no hook below signals, for example a timer running out.
@@ -143,10 +146,51 @@ def _set_dul_kill(dul: DULServiceProvider, value: bool) -> None:
         waker.wake()
 
 
+# A-ABORT PDU from the service provider (source 2), reason not specified (PS3.8 9.3.8).
+_PROVIDER_ABORT = b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00"
+
+
+def _abort_after_error(dul: DULServiceProvider, exc: Exception) -> None:
+    """End an association whose network thread failed: send an A-ABORT and close the connection.
+
+    pynetdicom's state machine lets an exception of an action end its
+    network thread, for example on an A-ASSOCIATE-RQ with an even
+    presentation context ID. Without this, the peer gets no reply, and the
+    connection and the association thread stay until the peer gives up.
+    """
+    assoc: Any = getattr(dul, "assoc", None)
+    peer = getattr(assoc, "requestor", None) if getattr(assoc, "is_acceptor", False) else getattr(assoc, "acceptor", None)
+    LOGGER.error(
+        "Association with %s (%s) aborted: its network thread failed on the peer's input: %s: %s",
+        str(getattr(peer, "ae_title", "") or "").strip() or "an unknown AE",
+        getattr(peer, "address", "unknown address"),
+        type(exc).__name__,
+        exc,
+    )
+    assoc_socket: Any = dul.socket
+    raw = getattr(assoc_socket, "socket", None)
+    if raw is not None:
+        try:
+            raw.sendall(_PROVIDER_ABORT)
+        except OSError:
+            pass
+    if assoc_socket is not None:
+        try:
+            assoc_socket.close()
+        except OSError:
+            pass
+    if assoc is not None:
+        assoc.is_aborted = True
+        assoc.is_established = False
+        assoc._kill = True  # noqa: SLF001
+
+
 def _run_dul(original: Any) -> Any:
     def run_reactor(self: DULServiceProvider) -> None:
         try:
             original(self)
+        except Exception as exc:  # noqa: BLE001 - the thread ends either way; the peer must hear of it
+            _abort_after_error(self, exc)
         finally:
             assoc = getattr(self, "assoc", None)
             if assoc is not None:

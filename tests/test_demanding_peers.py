@@ -432,3 +432,39 @@ def test_data_set_without_instance_uid_refused(router, sinks):
     assert "the data set has no SOPInstanceUID; a destination would refuse it" in capacitor.log_text()
     assert "the data set has no SOPClassUID or SOPInstanceUID" in capacitor.log_text()
     assert sum(capacitor.delivery_states()["ARCHIVE"].values()) == 1
+
+
+def test_even_context_id_gets_abort(router):
+    """Abort an association request whose presentation context ID is even, which pynetdicom cannot decode."""
+    capacitor = router({"nodes": []})
+    peer = rawpeer.RawPeer(capacitor.port)
+    try:
+        peer.send(rawpeer.associate_rq(b"CAPACITOR", b"EVEN", [(2, rawpeer.VERIFICATION, [rawpeer.IMPLICIT_LE])]))
+        reply = peer.receive()
+    finally:
+        peer.close()
+
+    assert reply is not None
+    assert reply.pdu_type == A_ABORT
+    assert "aborted: its network thread failed on the peer's input" in capacitor.log_text()
+    assert echo_status(capacitor.port) == 0x0000
+
+
+def test_unknown_command_gets_abort(router):
+    """Abort an association whose peer sends a command set with an unknown Command Field."""
+    capacitor = router({"nodes": []})
+    command = pydicom.Dataset()
+    command.AffectedSOPClassUID = rawpeer.VERIFICATION
+    command.CommandField = 0x7777
+    command.MessageID = 1
+    command.CommandDataSetType = 0x0101
+    peer = verification_association(capacitor.port)
+    try:
+        peer.send(rawpeer.p_data(1, 0x03, rawpeer.command_set(command)))
+        reply = peer.receive()
+    finally:
+        peer.close()
+
+    assert reply is not None
+    assert reply.pdu_type == A_ABORT
+    assert echo_status(capacitor.port) == 0x0000
