@@ -468,3 +468,30 @@ def test_unknown_command_gets_abort(router):
     assert reply is not None
     assert reply.pdu_type == A_ABORT
     assert echo_status(capacitor.port) == 0x0000
+
+
+def test_store_request_without_instance_uid_refused(router):
+    """Answer a C-STORE-RQ that lacks its Affected SOP Instance UID with a failure, and keep no file."""
+    capacitor = router({"nodes": []})
+    dataset = make_image(number=1)
+    command = pydicom.Dataset()
+    command.AffectedSOPClassUID = CT_IMAGE_STORAGE
+    command.CommandField = 0x0001
+    command.MessageID = 7
+    command.Priority = 0
+    command.CommandDataSetType = 0x0000
+    peer = rawpeer.RawPeer(capacitor.port)
+    try:
+        peer.send(rawpeer.associate_rq(b"CAPACITOR", b"SENDER", [(1, CT_IMAGE_STORAGE, [rawpeer.IMPLICIT_LE])]))
+        reply = peer.receive()
+        assert reply is not None
+        assert reply.pdu_type == 0x02
+        peer.send(rawpeer.p_data(1, 0x03, rawpeer.command_set(command)))
+        peer.send(rawpeer.p_data(1, 0x02, rawpeer.encode_implicit(dataset)))
+        status = peer.status_of_response()
+    finally:
+        peer.close()
+
+    assert status == 0xC000
+    assert "Refused a C-STORE from SENDER (127.0.0.1) with status 0xC000: the request has no AffectedSOPInstanceUID" in capacitor.log_text()
+    assert list((capacitor.cache / "incoming").iterdir()) == []

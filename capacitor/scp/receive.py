@@ -19,8 +19,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from pynetdicom import _config, dimse_messages, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 
 LOGGER = logging.getLogger(__name__)
+
+# C-STORE failure status for a request that lacks a required command element
+# (PS3.4 B.2.3: Cxxx, cannot understand).
+INCOMPLETE_REQUEST = 0xC000
+_MAX_COMMENT = 64  # ErrorComment is LO: at most 64 characters
+_serve_request = Association._serve_request
 
 _incoming: Path | None = None
 # Numbers that tag the names of each association's incoming files.
@@ -115,6 +123,53 @@ def write_error(request: Any) -> OSError | None:
     return handle.error if isinstance(handle, IncomingFile) else None
 
 
+def _serve_or_refuse(self: Association, msg: Any, context_id: int) -> None:
+    """Serve a request as pynetdicom does, but respond to an incomplete C-STORE-RQ with a failure status.
+
+    pynetdicom logs "Received unexpected C-STORE service message" for a
+    request without, say, its Affected SOP Instance UID, and sends nothing,
+    so the sender waits until a timeout ends its association.
+    """
+    if not isinstance(msg, C_STORE) or msg.is_valid_request or self._sent_release or not self.is_acceptor:  # noqa: SLF001
+        _serve_request(self, msg, context_id)
+        return
+    handle = getattr(msg, "_dataset_file", None)
+    missing = [
+        keyword for keyword in C_STORE.REQUEST_KEYWORDS
+        if getattr(msg, keyword) is None and not (keyword == "DataSet" and handle is not None)
+    ]
+    if handle is not None:
+        try:
+            handle.close()
+        except OSError:
+            pass
+        Path(handle.name).unlink(missing_ok=True)
+    calling = str(self.requestor.ae_title).strip()
+    if msg.MessageID is None:
+        LOGGER.error(
+            "Aborted the association with %s (%s): a C-STORE request has no %s, so no response can name it",
+            calling,
+            self.requestor.address,
+            ", ".join(missing),
+        )
+        self.abort()
+        return
+    LOGGER.error(
+        "Refused a C-STORE from %s (%s) with status 0x%04X: the request has no %s",
+        calling,
+        self.requestor.address,
+        INCOMPLETE_REQUEST,
+        ", ".join(missing),
+    )
+    response: Any = C_STORE()
+    response.MessageIDBeingRespondedTo = msg.MessageID
+    response.AffectedSOPClassUID = msg.AffectedSOPClassUID
+    response.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+    response.Status = INCOMPLETE_REQUEST
+    response.ErrorComment = f"Request has no {', '.join(missing)}"[:_MAX_COMMENT]
+    self.dimse.send_msg(response, context_id)
+
+
 def install(incoming: Path) -> None:
     """Make pynetdicom stream received datasets into `incoming` and send files unparsed.
 
@@ -127,6 +182,7 @@ def install(incoming: Path) -> None:
     _config.STORE_RECV_CHUNKED_DATASET = True
     send_files_unparsed()
     dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[assignment]
+    Association._serve_request = _serve_or_refuse  # type: ignore[method-assign]  # noqa: SLF001
 
 
 def send_files_unparsed() -> None:
