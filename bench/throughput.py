@@ -313,10 +313,10 @@ def measure(target: str, corpus: str, files: list[Path], senders: int, scratch: 
 def measure_once_more_on_failure(target: str, corpus: str, files: list[Path], senders: int, scratch: Path) -> Result:
     """Measure a target; a comparison target whose round fails is measured once more.
 
-    Orthanc 1.10.1 sometimes fails a store while its Lua script deletes
-    forwarded instances: removing an empty storage folder races with
-    creating one below it (``boost::filesystem::create_directory: No such
-    file or directory``). A failure of Capacitor is never retried.
+    Orthanc 1.10.1 once aborted an association in this benchmark after
+    logging ``boost::filesystem::create_directory: No such file or
+    directory`` for a folder of its storage area, while its Lua script
+    deleted forwarded instances. A failure of Capacitor is never retried.
     """
     try:
         return measure(target, corpus, files, senders, scratch)
