@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from capacitor.config.loader import Config
 from capacitor.errors import ListenError
 from capacitor.services.commitment import CommitmentSCP
 from capacitor.services.listener import ServiceListener
@@ -39,14 +40,7 @@ class Services:
         """
         config = self.state().config
         for setting, listener in self.listeners:
-            if not config[setting]:
-                LOGGER.info("%s disabled (%s is 0)", listener.service, setting)
-                continue
-            host, port = config["bindAddress"], config[setting]
-            try:
-                listener.start(host, port)
-            except OSError as exc:
-                raise ListenError(listener.service, setting, host, port, exc) from exc
+            _start_listener(config, setting, listener)
 
     def stop(self) -> None:
         for _, listener in self.listeners:
@@ -68,15 +62,29 @@ class Services:
             old = listener.server
             old_address = old.server_address[:2] if old is not None else None
             listener.stop()
-            if not config[setting]:
-                LOGGER.info("%s disabled (%s is 0)", listener.service, setting)
-                continue
-            host, port = config["bindAddress"], config[setting]
             try:
-                listener.start(host, port)
-            except OSError as exc:
-                LOGGER.error("%s", ListenError(listener.service, setting, host, port, exc))
+                _start_listener(config, setting, listener)
+            except ListenError as exc:
+                LOGGER.error("%s", exc)
                 if old_address is not None:
                     host, port = old_address
                     listener.start(str(host), int(port))
                     LOGGER.error("%s still listening on %s:%d; fix %s or restart", listener.service, host, port, setting)
+
+
+def _start_listener(config: Config, setting: str, listener: ServiceListener) -> None:
+    """Start `listener` on the port of `setting`, or log that it is disabled when that port is 0.
+
+    Raises
+    ------
+    ListenError
+        If the listener cannot bind its address.
+    """
+    if not config[setting]:
+        LOGGER.info("%s disabled (%s is 0)", listener.service, setting)
+        return
+    host, port = config["bindAddress"], config[setting]
+    try:
+        listener.start(host, port)
+    except OSError as exc:
+        raise ListenError(listener.service, setting, host, port, exc) from exc
