@@ -276,7 +276,7 @@ def _limit_stalled_reads(raw: socket.socket, seconds: float | None) -> None:
     """Make a read of a PDU that stops arriving fail after `seconds`.
 
     pynetdicom's network timeout applies between PDUs only, so without this
-    a peer that stops in the middle of one holds its connection and threads.
+    a peer that stops in the middle of one keeps its connection and threads.
     SO_RCVTIMEO bounds each read in the kernel, while Python still treats
     the socket as blocking, so the reads with MSG_WAITALL stay as they are.
     A read that times out raises an OSError, which pynetdicom takes for a

@@ -471,7 +471,7 @@ def test_unknown_command_gets_abort(router):
 
 
 def test_store_request_without_instance_uid_refused(router):
-    """Answer a C-STORE-RQ that lacks its Affected SOP Instance UID with a failure, and keep no file."""
+    """Respond with a failure to a C-STORE-RQ that lacks its Affected SOP Instance UID, and keep no file."""
     capacitor = router({"nodes": []})
     dataset = make_image(number=1)
     command = pydicom.Dataset()

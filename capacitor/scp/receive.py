@@ -123,7 +123,7 @@ def write_error(request: Any) -> OSError | None:
     return handle.error if isinstance(handle, IncomingFile) else None
 
 
-def _serve_or_refuse(self: Association, msg: Any, context_id: int) -> None:
+def _serve_or_reject(self: Association, msg: Any, context_id: int) -> None:
     """Serve a request as pynetdicom does, but respond to an incomplete C-STORE-RQ with a failure status.
 
     pynetdicom logs "Received unexpected C-STORE service message" for a
@@ -182,7 +182,7 @@ def install(incoming: Path) -> None:
     _config.STORE_RECV_CHUNKED_DATASET = True
     send_files_unparsed()
     dimse_messages.NamedTemporaryFile = _named_temporary_file  # type: ignore[assignment]
-    Association._serve_request = _serve_or_refuse  # type: ignore[method-assign]  # noqa: SLF001
+    Association._serve_request = _serve_or_reject  # type: ignore[method-assign]  # noqa: SLF001
 
 
 def send_files_unparsed() -> None:
